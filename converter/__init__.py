@@ -1,0 +1,1 @@
+"""rclstm-edge converter: training, evaluation and TFLite conversion (the only place TensorFlow lives)."""

@@ -1,0 +1,208 @@
+"""The model bundle: the contract between the converter (which writes it) and the device (which runs it).
+
+A bundle is a directory holding ``model.tflite`` and ``manifest.json``. The manifest says everything
+the device needs to feed the model the way it was trained (input size, representation, how far
+apart training frames were in time) and everything an operator needs to trust it (sha256, the
+runtimes it was verified on, its measured metrics). The device owns this contract, so it lives in
+``edge/`` and the converter imports it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edge.preprocess import Representation, channels_for
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+MODEL_NAME = "model.tflite"
+
+Quantization = Literal["float32", "float16", "dynamic", "int8"]
+
+
+class BundleError(Exception):
+    """A bundle that cannot be used; the message is one line naming the file and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    """What one model input is: ``frames`` inputs per window, each ``height x width x channels``."""
+
+    frames: int = Field(20, ge=2, le=256)
+    height: int = Field(64, ge=8, le=1024)
+    width: int = Field(64, ge=8, le=1024)
+    channels: int = Field(3, ge=1, le=16)
+    color_order: Literal["RGB"] = "RGB"
+    scale: float = Field(1.0 / 255.0, gt=0)
+    representation: Representation = "rgb"
+    dtype: Literal["float32"] = "float32"
+
+    @model_validator(mode="after")
+    def _channels_match(self) -> InputSpec:
+        expected = channels_for(self.representation)
+        if self.channels != expected:
+            raise ValueError(
+                f"channels is {self.channels} but representation {self.representation!r} has {expected}"
+            )
+        return self
+
+
+class Sampling(_Strict):
+    """How training picked frames, so the device can pick them the same way by timestamp.
+
+    Training spreads ``frames + 1`` frames evenly over each clip; ``frame_interval_s`` is the typical
+    (median) time between two of them, and the device samples its stream at that interval, so a live
+    window spans the same time a training window did.
+    """
+
+    method: Literal["spread"] = "spread"
+    frame_interval_s: float = Field(gt=0, le=60)
+    window_s: float = Field(gt=0)
+    interval_min_s: float | None = None
+    interval_max_s: float | None = None
+
+
+class TensorSpec(_Strict):
+    name: str
+    shape: list[int]
+
+
+class SignatureSpec(_Strict):
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+class Metrics(_Strict):
+    """Scores on held-out clips; ``*_std`` is the spread over seeds or folds when there were several."""
+
+    accuracy: float
+    precision: float
+    recall: float
+    f1: float
+    accuracy_std: float | None = None
+    precision_std: float | None = None
+    recall_std: float | None = None
+    f1_std: float | None = None
+    clips: int | None = None
+    runs: int | None = None
+    view: Literal["macro", "binary"] = "macro"
+
+
+class RuntimeCheck(_Strict):
+    """A runtime the bundle was loaded and run in, and how far its outputs were from TensorFlow's."""
+
+    runtime: str
+    version: str
+    max_abs_diff: float
+    top1_agreement: float
+
+
+class Manifest(_Strict):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")
+    version: str = Field(min_length=1, max_length=50)
+    arch: Literal["rclstm", "convlstm"]
+    labels: list[str] = Field(min_length=2)
+    anomaly_labels: list[str] = Field(default_factory=list)
+    input: InputSpec
+    sampling: Sampling
+    quantization: Quantization
+    # "encode" + "classify" (streaming RCLSTM) or "window" (whole-window, e.g. ConvLSTM).
+    signatures: dict[str, SignatureSpec]
+    model_file: str = MODEL_NAME
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(ge=0)
+    converter_version: str
+    tensorflow_version: str
+    created_at: datetime
+    verified_runtimes: list[RuntimeCheck] = Field(default_factory=list)
+    metrics: dict[str, Metrics] = Field(default_factory=dict)
+    training: dict[str, str | int | float | bool | list[str] | None] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        unknown = [a for a in self.anomaly_labels if a not in self.labels]
+        if unknown:
+            raise ValueError(f"anomaly_labels {unknown} are not in labels {self.labels}")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"labels {self.labels} contain duplicates")
+        names = set(self.signatures)
+        if names not in ({"encode", "classify"}, {"window"}):
+            raise ValueError(f"signatures {sorted(names)} must be ['classify', 'encode'] or ['window']")
+        if "/" in self.model_file or "\\" in self.model_file or self.model_file.startswith("."):
+            raise ValueError(f"model_file {self.model_file!r} must be a plain file name inside the bundle")
+        return self
+
+    @property
+    def streaming(self) -> bool:
+        """True when frames can be encoded once and windows classified from cached features."""
+        return "encode" in self.signatures
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _first_error(exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "manifest"
+        problems.append(f"{where}: {err['msg']}")
+    return "; ".join(problems)
+
+
+def read_manifest(bundle_dir: Path) -> Manifest:
+    """Read and validate a bundle's manifest without touching the model file."""
+    path = Path(bundle_dir) / MANIFEST_NAME
+    if not Path(bundle_dir).is_dir():
+        raise BundleError(f"{bundle_dir}: not a bundle directory (expected a folder with {MANIFEST_NAME})")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"{path}: missing; convert the model again with `rclstm-convert convert`") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc}); the bundle is damaged, copy it again") from None
+    if not isinstance(raw, dict):
+        raise BundleError(f"{path}: expected a JSON object; the bundle is damaged, copy it again")
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise BundleError(f"{path}: {_first_error(exc)}") from None
+
+
+def load_bundle(bundle_dir: Path) -> tuple[Manifest, Path]:
+    """Validate a bundle and check its model file against the manifest's sha256.
+
+    A truncated copy or a swapped model file would otherwise run and silently give other answers;
+    refusing it here is what lets an operator trust the model name and hash in every event.
+    """
+    manifest = read_manifest(bundle_dir)
+    model_path = Path(bundle_dir) / manifest.model_file
+    if not model_path.is_file():
+        raise BundleError(f"{model_path}: missing; the bundle is incomplete, copy it again")
+    actual = sha256_file(model_path)
+    if actual != manifest.sha256:
+        raise BundleError(
+            f"{model_path}: sha256 {actual[:12]}... does not match the manifest's {manifest.sha256[:12]}...; "
+            "the model file was changed or damaged, copy the bundle again"
+        )
+    return manifest, model_path
+
+
+def write_manifest(bundle_dir: Path, manifest: Manifest) -> Path:
+    path = Path(bundle_dir) / MANIFEST_NAME
+    path.write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return path

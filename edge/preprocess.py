@@ -1,0 +1,90 @@
+"""Frame to model input: the one place training and serving turn pixels into tensors.
+
+The converter's dataset loader and the device's sampler both call these functions, so the
+representation a model was trained on (`rgb`, `diff`, `rgb+diff`) cannot drift between the two.
+A window is built from ``frames + 1`` sampled frames so that every one of the ``frames`` model
+inputs has a predecessor at the same spacing: frame differences are then defined for the first
+input too, on a training clip exactly as on a live stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, get_args
+
+import cv2
+import numpy as np
+
+Representation = Literal["rgb", "diff", "rgb+diff"]
+REPRESENTATIONS: tuple[str, ...] = get_args(Representation)
+SCALE = 1.0 / 255.0
+
+
+class FrameError(ValueError):
+    """A frame that cannot be turned into a model input (empty, wrong shape or type)."""
+
+
+def channels_for(representation: Representation) -> int:
+    """Number of input channels a representation produces."""
+    if representation not in REPRESENTATIONS:
+        raise ValueError(f"representation {representation!r} is not one of {', '.join(REPRESENTATIONS)}")
+    return 6 if representation == "rgb+diff" else 3
+
+
+def prepare_frame(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Turn an OpenCV frame (BGR, BGRA or grayscale, uint8) into float32 RGB in 0..1 at the model size.
+
+    Cameras deliver odd frames (grayscale IR modes, BGRA from some MJPEG decoders, a 1x1 glitch
+    after a reconnect); converting them here keeps every caller honest and gives one clear error
+    for what cannot be converted.
+    """
+    if not isinstance(frame, np.ndarray) or frame.size == 0:
+        raise FrameError("frame is empty")
+    if frame.ndim == 3 and frame.shape[2] == 1:
+        frame = frame[:, :, 0]
+    if frame.ndim == 2:
+        rgb = cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
+    elif frame.ndim == 3 and frame.shape[2] == 3:
+        rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    elif frame.ndim == 3 and frame.shape[2] == 4:
+        rgb = cv2.cvtColor(frame, cv2.COLOR_BGRA2RGB)
+    else:
+        raise FrameError(f"frame has shape {frame.shape}; expected HxW, HxWx1, HxWx3 or HxWx4")
+    if rgb.dtype != np.uint8:
+        raise FrameError(f"frame has dtype {rgb.dtype}; expected uint8")
+    if rgb.shape[0] != height or rgb.shape[1] != width:
+        shrinking = rgb.shape[0] >= height and rgb.shape[1] >= width
+        rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    return rgb.astype(np.float32) * np.float32(SCALE)
+
+
+def model_input(current: np.ndarray, previous: np.ndarray | None, representation: Representation) -> np.ndarray:
+    """One model input (HxWxC float32) from a prepared frame and the prepared frame sampled before it.
+
+    ``previous`` is None only for the very first frame of a stream; its difference is then zero,
+    which reads as "no motion" rather than inventing any.
+    """
+    if representation == "rgb":
+        return current
+    diff = np.zeros_like(current) if previous is None else np.abs(current - previous)
+    if representation == "diff":
+        return diff
+    if representation == "rgb+diff":
+        return np.concatenate([current, diff], axis=-1)
+    raise ValueError(f"representation {representation!r} is not one of {', '.join(REPRESENTATIONS)}")
+
+
+def spread_indices(n_frames: int, count: int) -> np.ndarray:
+    """Indices of ``count`` frames spread evenly over a clip of ``n_frames`` (the paper's sampling)."""
+    if n_frames < 1:
+        raise ValueError("a clip needs at least one frame")
+    return np.linspace(0, n_frames - 1, count).round().astype(np.int64)
+
+
+def window_inputs(prepared: Sequence[np.ndarray], representation: Representation) -> np.ndarray:
+    """Model inputs (T x H x W x C) from ``T + 1`` prepared frames: each frame with its predecessor."""
+    if len(prepared) < 2:
+        raise ValueError("a window needs at least two sampled frames (each input has a predecessor)")
+    return np.stack(
+        [model_input(prepared[i], prepared[i - 1], representation) for i in range(1, len(prepared))]
+    )
