@@ -1,0 +1,1 @@
+"""Broker fixtures: real mosquitto brokers on free ports (plain, TLS, password)."""
