@@ -1,0 +1,143 @@
+"""Event messages: built from real decision transitions, valid against the committed JSON Schema."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import jsonschema
+import pytest
+from pydantic import ValidationError
+
+from edge.bundle import Manifest
+from edge.config import DecisionConfig
+from edge.decision import Decider, Transition
+from edge.events import Event, build_event, event_json, event_schema
+from tests.test_decision import pred
+
+SCHEMA_FILE = Path(__file__).resolve().parents[1] / "edge" / "schemas" / "event.json"
+MANIFEST = Manifest.model_validate(
+    {
+        "name": "fight-rclstm",
+        "version": "1.2.0",
+        "arch": "rclstm",
+        "labels": ["calm", "fight", "theft"],
+        "anomaly_labels": ["fight", "theft"],
+        "input": {},
+        "sampling": {"frame_interval_s": 0.25, "window_s": 5.0},
+        "quantization": "int8",
+        "signatures": {"window": {"inputs": [{"name": "x", "shape": [1, 20, 64, 64, 3]}], "outputs": []}},
+        "sha256": "ab" * 32,
+        "size_bytes": 1,
+        "converter_version": "0.1.0",
+        "tensorflow_version": "2.21",
+        "created_at": "2024-05-01T00:00:00Z",
+    }
+)
+
+
+def lifecycle() -> list[Transition]:
+    decider = Decider(DecisionConfig(start_windows=1, end_windows=1, update_interval_s=1.0, cooldown_s=0.0))
+    out: list[Transition] = []
+    for i, score in enumerate([0.9, 0.95, 0.7, 0.1]):
+        out += decider.update(pred(10.0 + i * 1.5, score))
+    return out
+
+
+def events() -> list[Event]:
+    return [build_event(t, "pi-7", "store 12", "door", MANIFEST) for t in lifecycle()]
+
+
+def validator() -> jsonschema.protocols.Validator:
+    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+def test_committed_schema_equals_the_model() -> None:
+    assert json.loads(SCHEMA_FILE.read_text(encoding="utf-8")) == event_schema(), (
+        "edge/schemas/event.json is stale: run `python -m edge.events > edge/schemas/event.json`"
+    )
+
+
+def test_regenerator_prints_the_committed_file() -> None:
+    printed = subprocess.run([sys.executable, "-m", "edge.events"], capture_output=True, text=True, check=True)
+    assert printed.stdout == SCHEMA_FILE.read_text(encoding="utf-8")
+
+
+def test_lifecycle_messages_are_valid_and_ordered() -> None:
+    check = validator()
+    built = events()
+    assert [e.type for e in built] == ["start", "update", "update", "end"]
+    assert [e.seq for e in built] == [0, 1, 2, 3]
+    assert len({e.event_id for e in built}) == 1
+    for event in built:
+        payload = json.loads(event_json(event))
+        check.validate(payload)
+        assert payload["schema_version"] == 1
+        assert payload["model"] == {"name": "fight-rclstm", "version": "1.2.0", "sha256": "ab" * 32}
+        assert payload["started_at"] == "2024-05-01T12:00:10Z"
+    start, end = json.loads(event_json(built[0])), json.loads(event_json(built[-1]))
+    assert start["ended_at"] is None and start["label"] == "fight"
+    assert end["ended_at"] == "2024-05-01T12:00:13Z" and end["emitted_at"] == "2024-05-01T12:00:14.500000Z"
+    assert end["peak_score"] == 0.95 and end["windows"] == 3 and end["score"] == 0.1
+    assert end["mean_score"] == pytest.approx((0.9 + 0.95 + 0.7) / 3, abs=1e-4)
+
+
+def test_same_transition_gives_byte_identical_payload() -> None:
+    transition = lifecycle()[0]
+    first = event_json(build_event(transition, "pi-7", "store 12", "door", MANIFEST))
+    again = event_json(build_event(transition, "pi-7", "store 12", "door", MANIFEST))
+    assert first == again
+    assert b" " not in first.replace(b"store 12", b"")  # compact
+
+
+def test_other_timezones_are_written_as_utc_z() -> None:
+    base = json.loads(event_json(events()[0]))
+    plus_two = timezone(timedelta(hours=2))
+    base["started_at"] = datetime(2024, 5, 1, 14, 0, 10, tzinfo=plus_two).isoformat()
+    event = Event.model_validate(base)
+    assert json.loads(event_json(event))["started_at"] == "2024-05-01T12:00:10Z"
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"started_at": "2024-05-01T12:00:10"}, "timezone"),
+        ({"sent_at": "2024-05-01T12:00:10Z"}, "Extra inputs"),
+        ({"type": "begin"}, "type"),
+        ({"score": 1.5}, "score"),
+        ({"seq": -1}, "seq"),
+        ({"event_id": "not-a-uuid"}, "event_id"),
+    ],
+)
+def test_model_refuses_bad_messages(change: dict[str, object], problem: str) -> None:
+    payload = {**json.loads(event_json(events()[0])), **change}
+    with pytest.raises(ValidationError, match=problem):
+        Event.model_validate(payload)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"started_at": "2024-05-01T14:00:10+02:00"},  # consumers can count on Z
+        {"sent_at": "2024-05-01T12:00:10Z"},
+        {"schema_version": 2},
+        {"model": {"name": "x", "version": "1", "sha256": "nothex"}},
+    ],
+)
+def test_schema_refuses_what_the_device_never_sends(change: dict[str, object]) -> None:
+    payload = {**json.loads(event_json(events()[0])), **change}
+    with pytest.raises(jsonschema.ValidationError):
+        validator().validate(payload)
+
+
+def test_schema_requires_ended_at_even_while_open() -> None:
+    missing = json.loads(event_json(events()[0]))
+    del missing["ended_at"]
+    with pytest.raises(jsonschema.ValidationError, match="ended_at"):
+        validator().validate(missing)
