@@ -265,11 +265,17 @@ def resolve_key_file(mqtt: MqttConfig) -> Path | None:
 
 
 def credential_path(name: str) -> Path | None:
+    """A non-empty systemd credential file, or None.
+
+    The unit always loads both credentials (systemd refuses to start a unit whose credential
+    source is missing), so the installer writes an empty file for a secret that is not used;
+    empty therefore means "not configured".
+    """
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
     if not directory:
         return None
     path = Path(directory) / name
-    return path if path.is_file() else None
+    return path if path.is_file() and path.stat().st_size > 0 else None
 
 
 def secret_exposure_warning(path: Path | None, mqtt: MqttConfig) -> str | None:
