@@ -50,9 +50,7 @@ class InputSpec(_Strict):
     def _channels_match(self) -> InputSpec:
         expected = channels_for(self.representation)
         if self.channels != expected:
-            raise ValueError(
-                f"channels is {self.channels} but representation {self.representation!r} has {expected}"
-            )
+            raise ValueError(f"channels is {self.channels} but representation {self.representation!r} has {expected}")
         return self
 
 

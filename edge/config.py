@@ -225,6 +225,11 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
             raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
+    return validate_config(data)
+
+
+def validate_config(data: dict[str, Any]) -> Config:
+    """Validate parsed settings, turning pydantic's report into one line per problem."""
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

@@ -85,6 +85,4 @@ def window_inputs(prepared: Sequence[np.ndarray], representation: Representation
     """Model inputs (T x H x W x C) from ``T + 1`` prepared frames: each frame with its predecessor."""
     if len(prepared) < 2:
         raise ValueError("a window needs at least two sampled frames (each input has a predecessor)")
-    return np.stack(
-        [model_input(prepared[i], prepared[i - 1], representation) for i in range(1, len(prepared))]
-    )
+    return np.stack([model_input(prepared[i], prepared[i - 1], representation) for i in range(1, len(prepared))])

@@ -109,9 +109,7 @@ class BundleModel:
         }
         spec = self.manifest.input
         frame_shape = [spec.height, spec.width, spec.channels]
-        expected_input = (
-            [1, *frame_shape] if self.manifest.streaming else [1, spec.frames, *frame_shape]
-        )
+        expected_input = [1, *frame_shape] if self.manifest.streaming else [1, spec.frames, *frame_shape]
         declared = list(self.manifest.signatures[first_name(self.manifest)].inputs[0].shape)
         if declared != expected_input:
             raise BundleError(
