@@ -1,0 +1,161 @@
+"""Provisioning into a directory tree: idempotent install, a one-flag change, uninstall with and without purge."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge.config import load_config
+from edge.install import InstallError, InstallOptions, install, render_config, uninstall, unit_text
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, int]]:
+    """Every file and directory under root with its content hash and mode, to compare trees."""
+    tree = {}
+    for path in sorted(root.rglob("*")):
+        if "venv" in path.relative_to(root).parts:
+            continue
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+        tree[str(path.relative_to(root))] = (digest, mode)
+    return tree
+
+
+def options(root: Path, **changes) -> InstallOptions:
+    base = dict(
+        device_id="store12-pi",
+        site="store-12",
+        cameras=["entrance=rtsp://10.0.0.5:554/stream2", "till=/dev/video0"],
+        broker="mqtts://broker.example:8883",
+        username="store12",
+        password="s3cret-pass",
+        root=root,
+        create_venv=False,
+        run_check=False,
+    )
+    base.update(changes)
+    return InstallOptions(**base)
+
+
+def test_install_writes_a_valid_config_and_root_only_secrets(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    root = tmp_path / "root"
+    install(options(root, ca=ca))
+
+    config_path = root / "etc/rclstm-edge/config.toml"
+    config = load_config(config_path)
+    assert config.device_id == "store12-pi" and config.site == "store-12"
+    assert [c.id for c in config.cameras] == ["entrance", "till"]
+    assert config.cameras[0].resolved_kind() == "rtsp" and config.cameras[1].resolved_kind() == "v4l2"
+    assert config.mqtt.url == "mqtts://broker.example:8883" and config.mqtt.username == "store12"
+    assert str(config.mqtt.ca_file) == "/etc/rclstm-edge/ca.crt"
+    # The password is a credential file readable by root only, never in the config.
+    assert "s3cret-pass" not in config_path.read_text()
+    password = root / "etc/rclstm-edge/credentials/mqtt-password"
+    assert password.read_text() == "s3cret-pass"
+    assert stat.S_IMODE(password.stat().st_mode) == 0o600
+    assert stat.S_IMODE((root / "etc/rclstm-edge/credentials").stat().st_mode) == 0o700
+    # An unused secret is an empty credential, so the unit's LoadCredential= always finds its file.
+    assert (root / "etc/rclstm-edge/credentials/mqtt-key").read_bytes() == b""
+    assert (root / "etc/systemd/system/rclstm-edge.service").read_bytes() == unit_text()
+    assert unit_text() == (REPO / "systemd/rclstm-edge.service").read_bytes()
+
+
+def test_second_install_changes_nothing_and_a_changed_flag_changes_one_file(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    install(options(root))
+    (root / "var/lib/rclstm-edge/outbox.sqlite3").write_bytes(b"queued events")
+    before = snapshot(root)
+
+    again = install(options(root))
+    assert again.changed == []
+    assert snapshot(root) == before
+
+    changed = install(options(root, site="store-13"))
+    assert changed.changed == [str(root / "etc/rclstm-edge/config.toml")]
+    after = snapshot(root)
+    assert {k for k in after if after[k] != before[k]} == {"etc/rclstm-edge/config.toml"}
+    assert (root / "var/lib/rclstm-edge/outbox.sqlite3").read_bytes() == b"queued events"
+
+
+def test_uninstall_keeps_data_unless_purged(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    install(options(root))
+    (root / "var/lib/rclstm-edge/outbox.sqlite3").write_bytes(b"queued events")
+
+    uninstall(root)
+    assert not (root / "etc/systemd/system/rclstm-edge.service").exists()
+    assert not (root / "opt/rclstm-edge").exists()
+    assert (root / "var/lib/rclstm-edge/outbox.sqlite3").exists()
+    assert (root / "etc/rclstm-edge/config.toml").exists()
+
+    uninstall(root, purge=True)
+    assert not (root / "var/lib/rclstm-edge").exists()
+    assert not (root / "etc/rclstm-edge").exists()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"cameras": []}, "--camera is required"),
+        ({"device_id": "bad id!"}, "device_id"),
+        ({"broker": "http://broker:1883"}, "mqtt.url"),
+        ({"ca": Path("/nonexistent/ca.pem")}, "--ca /nonexistent/ca.pem: no such file"),
+    ],
+)
+def test_bad_flags_are_refused_before_anything_is_written(tmp_path: Path, changes: dict, message: str) -> None:
+    root = tmp_path / "root"
+    with pytest.raises(InstallError, match=message) as info:
+        install(options(root, **changes))
+    assert "\n" not in str(info.value)
+    assert not root.exists()
+
+
+def test_rendered_config_escapes_odd_values(tmp_path: Path) -> None:
+    text = render_config(options(tmp_path, site='Store "12" \\ back', cameras=["rtsp://u:p@cam/a?b=1&c=2"]))
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    config = load_config(path)
+    assert config.site == 'Store "12" \\ back'
+    assert config.cameras[0].source == "rtsp://u:p@cam/a?b=1&c=2" and config.cameras[0].id == "cam0"
+
+
+@pytest.mark.slow
+def test_install_creates_a_venv_with_this_package(tmp_path: Path) -> None:
+    """The real venv step: python -m venv plus pip install of this checkout (dependencies not re-fetched)."""
+    root = tmp_path / "root"
+    env_before = os.environ.get("PIP_NO_DEPS")
+    os.environ["PIP_NO_DEPS"] = "1"
+    try:
+        first = install(options(root, create_venv=True, package=str(REPO)))
+        second = install(options(root, create_venv=True, package=str(REPO)))
+    finally:
+        if env_before is None:
+            os.environ.pop("PIP_NO_DEPS")
+        else:
+            os.environ["PIP_NO_DEPS"] = env_before
+    venv_python = root / "opt/rclstm-edge/venv/bin/python"
+    assert str(root / "opt/rclstm-edge/venv") in first.changed
+    assert str(root / "opt/rclstm-edge/venv") in second.unchanged
+    out = subprocess.run(
+        [
+            str(venv_python),
+            "-c",
+            "import edge, importlib.resources as r; print(edge.__version__);"
+            "print(r.files('edge').joinpath('unit/rclstm-edge.service').is_file())",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.split() == [__import__("edge").__version__, "True"]
+    assert sys.executable != str(venv_python)
