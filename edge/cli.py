@@ -1,0 +1,182 @@
+"""``rclstm-edge``: run, check, demo and schema.
+
+Imports are deferred into the commands so ``rclstm-edge --help`` and a config error answer at once,
+and the daemon's start-up is not paid for by the commands that do not need OpenCV or the runtime.
+Exit codes: 0 ok, 1 runtime failure (bundle, camera, broker), 2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edge.config import Config
+
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+DEMO_SEGMENTS = [("calm", 8.0), ("fight", 5.0), ("calm", 8.0)]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rclstm-edge", description="Camera anomaly detection at the edge.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon (flags override the config file)")
+    run.add_argument("--config", type=Path, help="TOML config file (default: built-in defaults)")
+    run.add_argument("--source", help="camera source for the first camera: PATH, URL or device INDEX")
+    run.add_argument("--model", help="bundle directory, or 'builtin' / 'demo'")
+    run.add_argument("--broker", help="mqtt://HOST:PORT or mqtts://HOST:PORT (default: events to stdout)")
+    run.add_argument("--device-id", help="device id used in topics and events")
+    run.add_argument("--state-dir", type=Path, help="where the outbox lives")
+    run.add_argument("--fast", action="store_true", help="read file sources as fast as possible")
+
+    check = sub.add_parser("check", help="check config, cameras, model and broker; non-zero exit on failure")
+    check.add_argument("--config", type=Path, required=True)
+
+    demo = sub.add_parser("demo", help="the whole pipeline on a generated video, no camera or broker needed")
+    demo.add_argument("--broker", help="also publish to this broker (mqtt://HOST:PORT)")
+
+    schema = sub.add_parser("schema", help="print a JSON Schema")
+    schema.add_argument("name", choices=["event"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from edge.bundle import BundleError
+    from edge.config import ConfigError
+    from edge.runtime import RuntimeMissing
+
+    try:
+        if args.command == "schema":
+            from edge.events import schema_text
+
+            sys.stdout.write(schema_text())
+            return EXIT_OK
+        if args.command == "check":
+            from edge.check import run_checks
+
+            return run_checks(args.config)
+        if args.command == "demo":
+            return _demo(args.broker)
+        return _run(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (BundleError, RuntimeMissing) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+
+
+def _parse_source(value: str) -> str | int:
+    return int(value) if value.isdigit() else value
+
+
+def apply_flags(config: Config, args: argparse.Namespace) -> Config:
+    """Command-line flags over the file's settings, validated again as a whole."""
+    from pydantic import ValidationError
+
+    from edge.config import Config, ConfigError, format_errors
+
+    data: dict[str, Any] = config.model_dump(exclude_unset=True)
+    if args.source is not None:
+        cameras = data.get("cameras") or [{"id": "cam0"}]
+        cameras[0]["source"] = _parse_source(args.source)
+        data["cameras"] = cameras
+    if args.fast:
+        cameras = data.get("cameras") or [{"id": "cam0", "source": 0}]
+        data["cameras"] = [{**camera, "realtime": False} for camera in cameras]
+    if args.model is not None:
+        data.setdefault("model", {})["bundle"] = args.model
+    if args.broker is not None:
+        data.setdefault("mqtt", {})["url"] = args.broker
+    if args.device_id is not None:
+        data["device_id"] = args.device_id
+    if args.state_dir is not None:
+        data["state_dir"] = args.state_dir
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc)) from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from edge import logs
+    from edge.config import load_config, secret_exposure_warning
+
+    config = apply_flags(load_config(args.config), args)
+    logs.setup(config.log_level)
+    warning = secret_exposure_warning(args.config, config.mqtt)
+    if warning:
+        import logging
+
+        logging.getLogger("edge").warning(warning)
+    from edge.daemon import Daemon
+
+    daemon = Daemon(config)
+    daemon.install_signal_handlers()
+    return daemon.run()
+
+
+class _EventTee:
+    """The demo's stdout: event lines pass through and are kept for the summary."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def write(self, text: str) -> None:
+        import json
+
+        sys.stdout.write(text)
+        self.events += [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+def _demo(broker: str | None) -> int:
+    import tempfile
+
+    from edge import logs
+    from edge.config import Config
+    from edge.daemon import Daemon
+    from edge.synthetic import write_stream
+
+    logs.setup("warning")
+    with tempfile.TemporaryDirectory(prefix="rclstm-demo-") as tmp:
+        video = Path(tmp) / "demo.mp4"
+        spans = write_stream(video, DEMO_SEGMENTS, fps=25)
+        fight = next((start, end) for kind, start, end in spans if kind == "fight")
+        print(f"demo: generated {video.name}: calm, then a fight from {fight[0]:.0f} s to {fight[1]:.0f} s, "
+              "then calm again; running the demo model on it", file=sys.stderr)
+        config = Config.model_validate({
+            "device_id": "demo",
+            "site": "demo",
+            "state_dir": str(Path(tmp) / "state"),
+            "model": {"bundle": "demo"},
+            "mqtt": {"url": broker},
+            "cameras": [{"id": "cam0", "source": str(video), "kind": "file", "realtime": False}],
+        })
+
+        out = _EventTee()
+        daemon = Daemon(config, print_events=True, out=out)  # type: ignore[arg-type]
+        daemon.install_signal_handlers()
+        code = daemon.run()
+    kinds = [e["type"] for e in out.events]
+    for event in out.events:
+        if event["type"] in ("start", "end"):
+            print(f"demo: {event['type']:5s} {event['label']} incident {str(event['event_id'])[:8]} "
+                  f"score {event['score']:.2f} (peak {event['peak_score']:.2f})", file=sys.stderr)
+    if code != EXIT_OK or "start" not in kinds or "end" not in kinds:
+        print("demo: FAILED: no complete anomaly incident was detected", file=sys.stderr)
+        return EXIT_FAIL
+    where = f" and to {broker}" if broker else ""
+    print(f"demo: {kinds.count('start')} incident(s), {len(kinds)} event message(s) on stdout{where}",
+          file=sys.stderr)
+    return EXIT_OK
