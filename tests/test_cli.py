@@ -1,0 +1,80 @@
+"""The command line as a user meets it: real subprocesses, exit codes and the lines they print."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rclstm(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edge", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_schema_event_prints_the_committed_schema() -> None:
+    proc = rclstm("schema", "event")
+    assert proc.returncode == 0, proc.stderr
+    schema = json.loads(proc.stdout)
+    assert schema == json.loads((ROOT / "edge" / "schemas" / "event.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+
+
+def test_config_errors_are_one_line_each_and_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('colour = "red"\n[decision]\nthreshold = 2\n[[cameras]]\nid = "a b"\nsource = 0\n')
+    proc = rclstm("run", "--config", str(config))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 3, proc.stderr
+    assert all(line.startswith("config error: ") for line in lines)
+    assert {line.split(":")[1].split()[0] for line in lines} == {"colour", "decision.threshold", "cameras.0.id"}
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_flag_values_are_config_errors(tmp_path: Path) -> None:
+    proc = rclstm("run", "--broker", "http://nope", "--device-id", "has space", "--source", "x.mp4")
+    assert proc.returncode == 2
+    assert "config error: mqtt.url = 'http://nope'" in proc.stderr
+    assert "config error: device_id = 'has space'" in proc.stderr
+
+
+def test_missing_config_file_exits_2(tmp_path: Path) -> None:
+    proc = rclstm("check", "--config", str(tmp_path / "absent.toml"))
+    assert proc.returncode == 2
+    expected = f"FAIL config: {tmp_path / 'absent.toml'}: cannot read the config file (No such file or directory)"
+    assert proc.stdout.strip() == expected
+
+
+def test_usage_error_exits_2() -> None:
+    proc = rclstm("run", "--no-such-flag")
+    assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({}, "missing; convert the model again"),
+        ({"manifest.json": "{not json"}, "not valid JSON"),
+        ({"manifest.json": '{"name": "x"}'}, "manifest.json: "),
+    ],
+)
+def test_broken_bundle_is_one_line_and_non_zero(tmp_path: Path, files: dict[str, str], expected: str) -> None:
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for name, text in files.items():
+        (bundle / name).write_text(text)
+    video = tmp_path / "none.mp4"
+    proc = rclstm("run", "--model", str(bundle), "--source", str(video), "--fast")
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], proc.stderr
