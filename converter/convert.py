@@ -1,0 +1,433 @@
+"""`rclstm-convert convert`: Keras model -> verified TFLite bundle (model.tflite + manifest.json).
+
+Steps, each of which can stop the conversion with a one-line reason:
+1. load the model and its run record (run.json beside it: data, held-out clips, representation);
+   check its input is ``frames x size x size x channels`` for that representation;
+2. build the batch-1 twins and prove they equal the training graph on held-out windows;
+3. convert with builtin ops only (a Flex op would not load on either device runtime) in the asked
+   mode; dynamic range keeps dense layers per-tensor, since per-channel emits FULLY_CONNECTED v12,
+   which tflite-runtime 2.14 cannot load; int8 keeps a float interface so device code is identical;
+4. parity report on held-out windows: Keras vs the bundle (max |diff|, top-1 agreement, accuracy);
+   refuse below 99% top-1 agreement (float modes) or above a 2-point accuracy drop (int8);
+5. run the bundle in every runtime available (this interpreter's ai-edge-litert and, with
+   RCLSTM_TFLITE_PYTHON / --verify-python, tflite-runtime in a second environment) and compare to
+   TensorFlow's own TFLite interpreter: within 1e-5 for float modes, one output quantization step
+   (1/256, the int8 softmax scale) for int8.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converter import dataset as ds
+from converter.metrics import scores
+from converter.runs import find_run, held_out
+from edge.bundle import (
+    MODEL_NAME,
+    Manifest,
+    Metrics,
+    Quantization,
+    RuntimeCheck,
+    Sampling,
+    SignatureSpec,
+    TensorSpec,
+    sha256_file,
+    write_manifest,
+)
+from edge.preprocess import REPRESENTATIONS, Representation, channels_for
+from edge.runtime import BundleModel
+
+QUANTIZATIONS: tuple[str, ...] = ("float32", "float16", "dynamic", "int8")
+FLOAT_TOLERANCE = 1e-5
+INT8_STEP = 1.0 / 256.0  # TFLite's fixed int8 softmax output scale
+MIN_TOP1 = 0.99
+MAX_INT8_DROP = 0.02
+TWIN_TOLERANCE = 1e-4
+PARITY_WINDOWS = 64
+CALIBRATION_WINDOWS = 48
+
+
+class ConvertError(Exception):
+    """Bad input (model, options, data): one line, exit status 2."""
+
+
+class ConvertRefused(Exception):
+    """The bundle was built but fails a quality gate: one line, exit status 1 (``--force`` overrides)."""
+
+
+@dataclass
+class ConvertOptions:
+    model: Path
+    out: Path
+    quantize: Quantization = "float32"
+    calibration: Path | None = None
+    data: Path | None = None
+    force: bool = False
+    name: str | None = None
+    version: str = "1"
+    anomaly_classes: list[str] | None = None
+    representation: Representation | None = None
+    verify_python: Path | None = None
+    cache: Path | None = ds.DEFAULT_CACHE
+    log: Any = field(default=lambda message: print(message, file=sys.stderr, flush=True))
+
+
+@dataclass
+class Report:
+    bundle: Path
+    manifest: Manifest
+    parity: dict[str, float]
+    notes: list[str]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:400] + ("..." if len(text) > 400 else "")
+
+
+def load_model(path: Path) -> Any:
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConvertError(f"{path}: model file not found")
+    if path.suffix not in (".keras", ".h5"):
+        raise ConvertError(f"{path}: expected a .keras or .h5 model file")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # keras raises many types for unreadable files
+        raise ConvertError(f"{path}: Keras cannot load it ({_one_line(exc)})") from None
+
+
+def _flex_ops(message: str) -> list[str]:
+    import re
+
+    ops = set(re.findall(r"\btf\.(\w+)", message)) | set(re.findall(r"\bFlex(\w+)", message))
+    return sorted(ops)
+
+
+def _export(twins: Any, frames: int, size: int, channels: int, workdir: Path) -> list[str]:
+    """A SavedModel with one endpoint per signature; returns the signature keys."""
+    import keras
+    import tensorflow as tf
+
+    archive = keras.export.ExportArchive()
+    if twins.streaming:
+        enc, cls = twins.encoder, twins.classifier
+        archive.track(enc)
+        archive.track(cls)
+        width = int(enc.output_shape[-1])
+        archive.add_endpoint("encode", lambda x: {"features": enc(x)},
+                             input_signature=[tf.TensorSpec((1, size, size, channels), tf.float32, name="frame")])
+        archive.add_endpoint("classify", lambda x: {"probs": cls(x)},
+                             input_signature=[tf.TensorSpec((1, frames, width), tf.float32, name="features")])
+        keys = ["encode", "classify"]
+    else:
+        win = twins.window
+        archive.track(win)
+        archive.add_endpoint("window", lambda x: {"probs": win(x)},
+                             input_signature=[tf.TensorSpec((1, frames, size, size, channels), tf.float32,
+                                                            name="frames")])
+        keys = ["window"]
+    archive.write_out(str(workdir), verbose=False)
+    return keys
+
+
+def _tflite_bytes(saved: Path, keys: list[str], quantize: str, twins: Any, calibration: np.ndarray | None) -> bytes:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved), signature_keys=keys)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantize == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter._experimental_disable_per_channel_quantization_for_dense_layers = True
+    elif quantize == "int8":
+        assert calibration is not None
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+        converter.representative_dataset = _representative(twins, calibration)
+    try:
+        return converter.convert()
+    except Exception as exc:
+        message = str(exc)
+        if "Flex" in message or "select TF ops" in message.lower() or "SELECT_TF_OPS" in message:
+            ops = _flex_ops(message)
+            raise ConvertError(
+                f"the model needs TensorFlow ops with no TFLite builtin ({', '.join(ops) or 'unnamed'}); neither "
+                "device runtime can run Flex ops: replace those layers with builtin-friendly ones"
+            ) from None
+        raise ConvertError(f"TFLite conversion failed: {_one_line(exc)}") from None
+
+
+def _representative(twins: Any, calibration: np.ndarray) -> Any:
+    """Calibration for every signature: frames for ``encode``, float-encoder features for ``classify``."""
+
+    def generate() -> Any:
+        for window in calibration:
+            if twins.streaming:
+                for frame in window[::2]:
+                    yield "encode", {"frame": frame[np.newaxis]}
+                yield "classify", {"features": np.asarray(twins.encoder(window, training=False))[np.newaxis]}
+            else:
+                yield "window", {"frames": window[np.newaxis]}
+
+    return generate
+
+
+def _signatures(model_path: Path) -> dict[str, SignatureSpec]:
+    """Tensor names and shapes as the .tflite file declares them (what the device will look up)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(model_path))
+    specs = {}
+    for key in interpreter.get_signature_list():
+        runner = interpreter.get_signature_runner(key)
+        specs[key] = SignatureSpec(
+            inputs=[TensorSpec(name=n, shape=[int(d) for d in v["shape"]])
+                    for n, v in runner.get_input_details().items()],
+            outputs=[TensorSpec(name=n, shape=[int(d) for d in v["shape"]])
+                     for n, v in runner.get_output_details().items()],
+        )
+    return specs
+
+
+def _tf_reference(model_path: Path, manifest: Manifest, windows: np.ndarray) -> np.ndarray:
+    """TensorFlow's own TFLite interpreter on the bundle: the result both device runtimes must match."""
+    import tensorflow as tf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its deprecation notice; it is still TensorFlow's own reference
+        interpreter = tf.lite.Interpreter(model_path=str(model_path))
+    runners = {k: interpreter.get_signature_runner(k) for k in manifest.signatures}
+
+    def call(key: str, x: np.ndarray) -> np.ndarray:
+        spec = manifest.signatures[key]
+        return runners[key](**{spec.inputs[0].name: x.astype(np.float32)})[spec.outputs[0].name]
+
+    out = []
+    for w in windows:
+        if manifest.streaming:
+            features = np.concatenate([call("encode", frame[np.newaxis]) for frame in w])
+            out.append(call("classify", features[np.newaxis])[0])
+        else:
+            out.append(call("window", w[np.newaxis])[0])
+    return np.stack(out)
+
+
+def _other_runtime(python: Path, bundle: Path, windows: np.ndarray, workdir: Path) -> tuple[np.ndarray, dict[str, str]]:
+    inputs, outputs = workdir / "verify-in.npz", workdir / "verify-out.npz"
+    np.savez(inputs, windows=windows.astype(np.float32))
+    done = subprocess.run(
+        [str(python), "-m", "edge.verify", str(bundle), str(inputs), str(outputs), "--runtime", "tflite-runtime"],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], check=False,
+    )
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise ConvertRefused(f"{python}: the bundle does not run in tflite-runtime ({reason})")
+    with np.load(outputs) as data:
+        probs = data["probs"]
+    return probs, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _metrics(result: dict[str, Any], view: str, runs: int | None = None) -> Metrics:
+    row = result[view]
+    return Metrics(accuracy=row["accuracy"], precision=row["precision"], recall=row["recall"], f1=row["f1"],
+                   clips=int(result["clips"]), runs=runs, view=view)  # type: ignore[arg-type]
+
+
+def _summary_metrics(summary: dict[str, Any], view: str) -> Metrics:
+    row = summary[view]
+    return Metrics(**{k: row[k]["mean"] for k in ("accuracy", "precision", "recall", "f1")},
+                   **{f"{k}_std": row[k]["std"] for k in ("accuracy", "precision", "recall", "f1")},
+                   clips=summary["clips"], runs=summary["runs"], view=view)  # type: ignore[arg-type]
+
+
+def _training_record(run: dict[str, Any] | None, split: int) -> dict[str, Any]:
+    if run is None:
+        return {}
+    flat: dict[str, Any] = {}
+    for key, value in run.get("options", {}).items():
+        if isinstance(value, list):
+            flat[key] = [str(v) for v in value]
+        elif value is None or isinstance(value, (str, int, float, bool)):
+            flat[key] = value
+    flat.update(grouping=run.get("grouping"), split_index=split, data_dir=run.get("data_dir"))
+    return flat
+
+
+def _verify_python(opts: ConvertOptions) -> Path | None:
+    if opts.verify_python:
+        return Path(opts.verify_python)
+    env = os.environ.get("RCLSTM_TFLITE_PYTHON")
+    return Path(env) if env else None
+
+
+def convert(opts: ConvertOptions) -> Report:
+    """Build, check and write a bundle; raises ConvertError (bad input) or ConvertRefused (quality gate)."""
+    import tensorflow as tf
+
+    from converter.models import arch_of
+    from converter.twins import build_twins
+
+    if opts.quantize not in QUANTIZATIONS:
+        raise ConvertError(f"--quantize {opts.quantize!r} is not one of {', '.join(QUANTIZATIONS)}")
+    log = opts.log
+    model = load_model(opts.model)
+    try:
+        arch = arch_of(model)
+    except ValueError as exc:
+        raise ConvertError(f"{opts.model}: {exc}") from None
+    found = find_run(opts.model)
+    run, split = found if found else (None, 0)
+    representation = opts.representation or (run["representation"] if run else "rgb")
+    if representation not in REPRESENTATIONS:
+        raise ConvertError(f"--representation {representation!r} is not one of {', '.join(REPRESENTATIONS)}")
+    frames, size = (run["frames"], run["size"]) if run else (20, 64)
+    expected = (frames, size, size, channels_for(representation))
+    actual = tuple(model.input_shape[1:])
+    if actual != expected:
+        raise ConvertError(
+            f"{opts.model}: model input is {'x'.join(map(str, actual))} but the bundle needs "
+            f"{'x'.join(map(str, expected))} (frames x size x size x channels for representation {representation!r}); "
+            "train with matching --frames/--size/--representation"
+        )
+    data = held_out(run, split, opts.data, opts.cache, frames, size)
+    labels = run["labels"] if run else data.labels
+    anomaly = opts.anomaly_classes if opts.anomaly_classes is not None else (run["anomaly_labels"] if run else [])
+    if int(model.output_shape[-1]) != len(labels):
+        raise ConvertError(f"{opts.model}: model has {model.output_shape[-1]} outputs but there are {len(labels)} "
+                           f"classes ({', '.join(labels)})")
+    rng = np.random.default_rng(0)
+    picks = sorted(rng.permutation(len(data.clips))[:PARITY_WINDOWS])
+    items = [data.clips[i] for i in picks]
+    windows = ds.windows(items, frames, representation)
+    y = np.array([labels.index(item.clip.label) for item in items])
+    keras_probs = model.predict(windows, batch_size=8, verbose=0)
+
+    twins = build_twins(model, arch)
+    twin_diff = float(np.abs(twins.predict(windows) - keras_probs).max())
+    if twin_diff > TWIN_TOLERANCE:
+        raise ConvertError(f"inference twin differs from the trained model by {twin_diff:.2e} (> {TWIN_TOLERANCE})")
+    log(f"twin check: max |twin - keras| = {twin_diff:.2e} on {len(windows)} held-out windows")
+
+    calibration = None
+    if opts.quantize == "int8":
+        if opts.calibration:
+            calib_data = ds.load_dataset(opts.calibration, labels, frames, size, opts.cache)
+        elif run:
+            held = {item.clip.name for item in data.clips}
+            all_clips = ds.load_dataset(Path(run["data_dir"]), labels, frames, size, opts.cache)
+            calib_data = ds.Dataset([c for c in all_clips.clips if c.clip.name not in held], labels, [], "")
+        else:
+            raise ConvertError("--quantize int8 needs calibration clips: pass --calibration DATA_DIR")
+        chosen = rng.permutation(len(calib_data.clips))[:CALIBRATION_WINDOWS]
+        calibration = ds.windows([calib_data.clips[i] for i in chosen], frames, representation)
+
+    out = Path(opts.out)
+    if out.exists() and not (out / "manifest.json").is_file() and any(out.iterdir()):
+        raise ConvertError(f"{out}: exists and is not a bundle; choose another --out")
+    with tempfile.TemporaryDirectory(prefix="rclstm-convert-") as tmp:
+        work = Path(tmp)
+        keys = _export(twins, frames, size, channels_for(representation), work / "saved")
+        log(f"converting ({opts.quantize}, builtin ops only)...")
+        flat = _tflite_bytes(work / "saved", keys, opts.quantize, twins, calibration)
+        bundle = work / "bundle"
+        bundle.mkdir()
+        model_file = bundle / MODEL_NAME
+        model_file.write_bytes(flat)
+        sampling = run["sampling"] if run else ds.sampling_stats(data.clips, frames)
+        view = "binary" if anomaly else "macro"
+        manifest = Manifest(
+            name=opts.name or Path(opts.out).name,
+            version=opts.version,
+            arch=arch,
+            labels=labels,
+            anomaly_labels=anomaly,
+            input={"frames": frames, "height": size, "width": size, "channels": channels_for(representation),
+                   "representation": representation},
+            sampling=Sampling(**sampling),
+            quantization=opts.quantize,
+            signatures=_signatures(model_file),
+            sha256=sha256_file(model_file),
+            size_bytes=model_file.stat().st_size,
+            converter_version=metadata.version("rclstm-edge"),
+            tensorflow_version=tf.__version__,
+            created_at=datetime.now(timezone.utc),
+            training=_training_record(run, split),
+        )
+        write_manifest(bundle, manifest)
+
+        litert = BundleModel(bundle, runtime="ai-edge-litert")
+        bundle_probs = np.stack([litert.predict_window(w) for w in windows])
+        keras_result = scores(y, keras_probs.argmax(1), labels, anomaly)
+        bundle_result = scores(y, bundle_probs.argmax(1), labels, anomaly)
+        parity = {
+            "windows": len(windows),
+            "max_abs_diff": float(np.abs(bundle_probs - keras_probs).max()),
+            "top1_agreement": float(np.mean(bundle_probs.argmax(1) == keras_probs.argmax(1))),
+            "keras_accuracy": keras_result["macro"]["accuracy"],  # type: ignore[index]
+            "bundle_accuracy": bundle_result["macro"]["accuracy"],  # type: ignore[index]
+        }
+        log(f"parity on {len(windows)} held-out windows: max |diff| {parity['max_abs_diff']:.2e}, "
+            f"top-1 agreement {parity['top1_agreement']:.1%}, accuracy keras {parity['keras_accuracy']:.3f} "
+            f"vs bundle {parity['bundle_accuracy']:.3f}")
+
+        reference = _tf_reference(model_file, manifest, windows)
+        tolerance = INT8_STEP if opts.quantize == "int8" else FLOAT_TOLERANCE
+        results = [(litert.runtime.name, litert.runtime.version, bundle_probs)]
+        python = _verify_python(opts)
+        notes = []
+        if python:
+            probs, info = _other_runtime(python, bundle, windows, work)
+            results.append((info["runtime"], info["version"], probs))
+        else:
+            notes.append("tflite-runtime not checked: set RCLSTM_TFLITE_PYTHON or pass --verify-python")
+        checks = []
+        for runtime, version, probs in results:
+            diff = float(np.abs(probs - reference).max())
+            agreement = float(np.mean(probs.argmax(1) == reference.argmax(1)))
+            log(f"runtime {runtime} {version}: max |diff| vs TensorFlow's interpreter {diff:.2e} "
+                f"(tolerance {tolerance:.1e}), top-1 agreement {agreement:.1%}")
+            if diff > tolerance and not opts.force:
+                raise ConvertRefused(f"{runtime} {version} differs from TensorFlow's result by {diff:.2e} "
+                                     f"(> {tolerance:.1e}); the bundle is not trustworthy there (--force to keep)")
+            checks.append(RuntimeCheck(runtime=runtime, version=version, max_abs_diff=diff, top1_agreement=agreement))
+
+        drop = parity["keras_accuracy"] - parity["bundle_accuracy"]
+        if opts.quantize == "int8" and drop > MAX_INT8_DROP and not opts.force:
+            raise ConvertRefused(f"int8 bundle loses {drop:.1%} accuracy on held-out windows (> {MAX_INT8_DROP:.0%}); "
+                                 "use --quantize dynamic, more --calibration clips, or --force")
+        if opts.quantize != "int8" and parity["top1_agreement"] < MIN_TOP1 and not opts.force:
+            raise ConvertRefused(f"bundle agrees with the Keras model on only {parity['top1_agreement']:.1%} of "
+                                 f"held-out windows (< {MIN_TOP1:.0%}); --force to keep it anyway")
+
+        metrics = {"keras": _metrics(keras_result, view), "bundle": _metrics(bundle_result, view)}
+        summary_path = Path(opts.model).parent / "metrics.json"
+        if run and summary_path.is_file():
+            summary = json.loads(summary_path.read_text())["summary"]
+            if view in summary:
+                metrics["keras_runs"] = _summary_metrics(summary, view)
+        manifest = manifest.model_copy(update={"verified_runtimes": checks, "metrics": metrics})
+        write_manifest(bundle, manifest)
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(bundle, out)
+    log(f"wrote {out} ({manifest.size_bytes / 1024:.0f} KiB, {opts.quantize}, sha256 {manifest.sha256[:12]}...)")
+    return Report(out, manifest, parity, notes)

@@ -1,0 +1,89 @@
+"""Training graphs: the paper's RCLSTM (LRCN-style) and ConvLSTM.
+
+Layer names are fixed (``conv0``, ``lstm``, ``probs``...) because the inference twins find and copy
+layers by role, and a model saved today must convert tomorrow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+from keras import layers
+
+CONVLSTM_FILTERS = (4, 8, 14, 16)
+
+
+def _compile(model: keras.Model, learning_rate: float) -> keras.Model:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def build_rclstm(
+    num_classes: int,
+    frames: int = 20,
+    size: int = 64,
+    channels: int = 3,
+    filters: Sequence[int] = (16, 32, 64, 64),
+    pools: Sequence[int] = (4, 4, 2, 2),
+    dropout: float = 0.25,
+    lstm_units: int = 32,
+    learning_rate: float = 1e-3,
+) -> keras.Model:
+    """Per-frame Conv2D 3x3 relu stack (each followed by max-pooling, dropout after all but the last),
+    Flatten, LSTM, Dense softmax."""
+    if len(filters) != len(pools) or not filters:
+        raise ValueError(f"--filters {list(filters)} and --pools {list(pools)} must have the same, non-zero length")
+    side = size
+    for p in pools:
+        side //= p
+    if side < 1:
+        raise ValueError(f"--pools {list(pools)} shrink a {size}x{size} frame to nothing; use fewer or smaller pools")
+    inputs = keras.Input((frames, size, size, channels), name="frames")
+    x = inputs
+    for i, (f, p) in enumerate(zip(filters, pools, strict=True)):
+        x = layers.TimeDistributed(layers.Conv2D(f, 3, padding="same", activation="relu", name=f"conv{i}"),
+                                   name=f"td_conv{i}")(x)
+        x = layers.TimeDistributed(layers.MaxPooling2D(p, name=f"pool{i}"), name=f"td_pool{i}")(x)
+        if i < len(filters) - 1:
+            x = layers.TimeDistributed(layers.Dropout(dropout, name=f"drop{i}"), name=f"td_drop{i}")(x)
+    x = layers.TimeDistributed(layers.Flatten(name="flatten"), name="td_flatten")(x)
+    x = layers.LSTM(lstm_units, name="lstm")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="probs")(x)
+    return _compile(keras.Model(inputs, outputs, name="rclstm"), learning_rate)
+
+
+def build_convlstm(
+    num_classes: int,
+    frames: int = 20,
+    size: int = 64,
+    channels: int = 3,
+    filters: Sequence[int] = CONVLSTM_FILTERS,
+    dropout: float = 0.2,
+    learning_rate: float = 1e-3,
+) -> keras.Model:
+    """ConvLSTM2D 3x3 tanh blocks (recurrent dropout 0.2), each with MaxPooling3D(1,2,2) and dropout."""
+    inputs = keras.Input((frames, size, size, channels), name="frames")
+    x = inputs
+    for i, f in enumerate(filters):
+        x = layers.ConvLSTM2D(f, 3, activation="tanh", recurrent_dropout=0.2, return_sequences=True,
+                              name=f"convlstm{i}")(x)
+        x = layers.MaxPooling3D((1, 2, 2), padding="same", name=f"pool{i}")(x)
+        x = layers.TimeDistributed(layers.Dropout(dropout, name=f"drop{i}"), name=f"td_drop{i}")(x)
+    x = layers.Flatten(name="flatten")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="probs")(x)
+    return _compile(keras.Model(inputs, outputs, name="convlstm"), learning_rate)
+
+
+def arch_of(model: keras.Model) -> str:
+    """``convlstm`` when the model has ConvLSTM2D layers, ``rclstm`` when it has an LSTM over frame features."""
+    kinds = {type(layer).__name__ for layer in model.layers}
+    if "ConvLSTM2D" in kinds:
+        return "convlstm"
+    if "LSTM" in kinds:
+        return "rclstm"
+    raise ValueError(f"model {model.name!r} has neither an LSTM nor a ConvLSTM2D layer; not an RCLSTM or ConvLSTM")
