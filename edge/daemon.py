@@ -57,7 +57,7 @@ def _user_state_dir() -> Path:
 
 
 def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -209,6 +209,15 @@ class Daemon:
     def _emit(self, camera: CameraConfig, event: Event, transition: Transition) -> None:
         payload = event_json(event)
         self.events_emitted += 1
+        if self.publisher is not None and self.outbox is not None:
+            # Stored before it is logged or sent: an event that appears in the log is on disk.
+            topic = self.topics.camera(camera.id, "events")
+            if self.outbox.put(topic, payload) is None:
+                self.publisher.publish_direct(topic, payload)
+            else:
+                self.publisher.notify()
+            if self.config.mqtt.snapshots and event.type == "end" and transition.peak_frame is not None:
+                self._snapshot(camera, transition)
         log.info("event", extra={"fields": {
             "camera": camera.id, "type": event.type, "event_id": event.event_id, "seq": event.seq,
             "label": event.label, "score": event.score, "peak": event.peak_score,
@@ -217,15 +226,6 @@ class Daemon:
             with self._out_lock:
                 self.out.write(payload.decode() + "\n")
                 self.out.flush()
-        if self.publisher is None or self.outbox is None:
-            return
-        topic = self.topics.camera(camera.id, "events")
-        if self.outbox.put(topic, payload) is None:
-            self.publisher.publish_direct(topic, payload)
-        else:
-            self.publisher.notify()
-        if self.config.mqtt.snapshots and event.type == "end" and transition.peak_frame is not None:
-            self._snapshot(camera, transition)
 
     def _snapshot(self, camera: CameraConfig, transition: Transition) -> None:
         from edge.snapshot import encode_jpeg
