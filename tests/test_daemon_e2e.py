@@ -306,3 +306,23 @@ def test_demo_shows_an_incident_on_stdout_and_mqtt(mosquitto_broker, subscriber)
     assert "incident(s)" in proc.stderr
     assert sub.wait_for(lambda msgs: len(msgs) >= len(printed), 20)
     assert [json.loads(m.payload) for m in sub.messages] == printed
+
+
+def test_snapshot_of_the_peak_frame_fits_the_limit(mosquitto_broker, subscriber, stream, tmp_path):
+    import cv2
+    import numpy as np
+
+    video, _ = stream
+    sub = subscriber(mosquitto_broker, f"rclstm/{DEVICE}/#")
+    config = write_config(tmp_path, video, mosquitto_broker)
+    config.write_text(config.read_text().replace("[mqtt]\n", "[mqtt]\nsnapshots = true\nsnapshot_max_bytes = 4000\n"))
+    code, _, err = finish(start_daemon(config))
+    assert code == 0, err
+    assert sub.wait_for(lambda msgs: any(m.payload == b"stopped" for m in msgs), 30)
+    snapshots = [m.payload for m in sub.messages if m.topic == f"rclstm/{DEVICE}/cam0/snapshot"]
+    ends = [e for e in events_of(sub) if e["type"] == "end"]
+    assert len(snapshots) == len(ends) >= 1
+    for jpeg in snapshots:
+        assert len(jpeg) <= 4000 and jpeg[:2] == b"\xff\xd8"
+        image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        assert image is not None and image.ndim == 3
