@@ -170,6 +170,7 @@ def load_dataset(
     log: Callable[[str], None] = _log,
 ) -> Dataset:
     """Scan, decode (or read from cache) and filter a data folder; ``only`` restricts to named clips."""
+    cache_dir = Path(cache_dir) if cache_dir else None
     clips, labels, grouping = scan(data_dir, classes)
     if only is not None:
         clips = [c for c in clips if c.name in only]
