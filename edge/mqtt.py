@@ -182,6 +182,7 @@ class Publisher:
         self._others: set[int] = set()  # mids of messages outside the outbox
         self._early: dict[int, ReasonCode | None] = {}  # acks that arrived before publish() returned
         self._last_sent: int | None = None
+        self._dirty = False  # something changed since the drainer last looked (no lost wake-ups)
         self._last_problem: str | None = None
         self._stopping = threading.Event()
         self._drainer = threading.Thread(target=self._drain_loop, name="mqtt-outbox", daemon=True)
@@ -218,6 +219,7 @@ class Publisher:
                     info.wait_for_publish(timeout)
         self._stopping.set()
         with self._wake:
+            self._dirty = True
             self._wake.notify_all()
         self._client.disconnect()
         self._client.loop_stop()
@@ -246,6 +248,7 @@ class Publisher:
     def notify(self) -> None:
         """A row was added to the outbox."""
         with self._wake:
+            self._dirty = True
             self._wake.notify_all()
 
     # -- internals -------------------------------------------------------------------------------
@@ -275,7 +278,9 @@ class Publisher:
     def _drain_loop(self) -> None:
         while not self._stopping.is_set():
             with self._wake:
-                self._wake.wait(1.0)
+                if not self._dirty:
+                    self._wake.wait(1.0)
+                self._dirty = False
             if self.outbox is None or not self.connected.is_set():
                 continue
             with self._lock:
@@ -303,6 +308,7 @@ class Publisher:
         if self.outbox is not None:
             self.outbox.ack(row_id)
         with self._wake:
+            self._dirty = True
             self._wake.notify_all()
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode | None,
@@ -332,6 +338,7 @@ class Publisher:
         for topic, payload in state:
             self._publish(topic, payload, qos=1, retain=True)
         with self._wake:
+            self._dirty = True
             self._wake.notify_all()
 
     def _on_connect_fail(self, client: _Client, userdata: Any) -> None:
