@@ -1,0 +1,82 @@
+"""Training and serving prepare frames identically: the dataset loader against the device's functions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from converter import dataset as ds
+from edge.preprocess import FrameError, channels_for, model_input, prepare_frame, spread_indices, window_inputs
+from edge.synthetic import render_clip, write_video
+
+
+def _read_all(path: Path) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    return frames
+
+
+@pytest.fixture()
+def video(tmp_path: Path) -> Path:
+    return write_video(tmp_path / "calm" / "clip.mp4", render_clip("fight", 33, 96, 72, np.random.default_rng(4)), 25)
+
+
+@pytest.mark.parametrize("representation", ["rgb", "diff", "rgb+diff"])
+def test_training_window_equals_the_device_path_bit_for_bit(video: Path, tmp_path: Path, representation: str) -> None:
+    clip = ds.Clip(video, "calm", "g")
+    decoded, fresh = ds.load_clip(clip, 64, 64, tmp_path / "cache")
+    cached, fresh_again = ds.load_clip(clip, 64, 64, tmp_path / "cache")
+    assert fresh and not fresh_again
+    raw = _read_all(video)
+    idx = spread_indices(len(raw), 21)
+    device = window_inputs([prepare_frame(raw[i], 64, 64) for i in idx], representation)  # type: ignore[arg-type]
+    for item in (decoded, cached):
+        training = ds.window(item, 20, representation)  # type: ignore[arg-type]
+        assert training.dtype == np.float32
+        assert training.shape == (20, 64, 64, channels_for(representation))  # type: ignore[arg-type]
+        assert np.array_equal(training, device)
+
+
+def test_diff_of_the_first_stream_frame_is_zero_motion() -> None:
+    frame = np.full((8, 8, 3), 0.5, np.float32)
+    assert not model_input(frame, None, "diff").any()
+
+
+def test_prepare_frame_accepts_camera_oddities_and_rejects_garbage() -> None:
+    gray = np.full((48, 64), 200, np.uint8)
+    bgra = np.zeros((48, 64, 4), np.uint8)
+    assert prepare_frame(gray, 32, 32).shape == (32, 32, 3)
+    assert prepare_frame(bgra, 32, 32).shape == (32, 32, 3)
+    with pytest.raises(FrameError, match="empty"):
+        prepare_frame(np.zeros((0, 0, 3), np.uint8), 32, 32)
+    with pytest.raises(FrameError, match="dtype"):
+        prepare_frame(np.zeros((4, 4, 3), np.float32), 32, 32)
+
+
+def test_jitter_stays_in_the_clip_and_in_time_order() -> None:
+    rng = np.random.default_rng(0)
+    base = ds.sample_indices(142, 20)
+    moved_any = False
+    for _ in range(50):
+        idx = ds.sample_indices(142, 20, rng)
+        assert idx.min() >= 0 and idx.max() <= 141 and np.all(np.diff(idx) >= 0)
+        assert np.abs(idx - base).max() <= (141 / 20) // 2
+        moved_any |= not np.array_equal(idx, base)
+    assert moved_any
+
+
+def test_flip_mirrors_the_window(video: Path, tmp_path: Path) -> None:
+    item, _ = ds.load_clip(ds.Clip(video, "calm", "g"), 32, 32, None)
+    plain = ds.window(item, 20, "rgb")
+    flipped = [ds.window(item, 20, "rgb", np.random.default_rng(s), "flip") for s in range(8)]
+    assert any(np.array_equal(w, plain[:, :, ::-1]) for w in flipped)
+    assert any(np.array_equal(w, plain) for w in flipped)
