@@ -1,0 +1,135 @@
+"""A camera's whole chain on a real video file and the real demo bundle: one fight in, one incident out."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+
+from edge.config import CameraConfig, DecisionConfig
+from edge.decision import Transition
+from edge.events import Event, event_json, event_schema
+from edge.models import resolve_bundle
+from edge.pipeline import CameraPipeline
+from edge.runtime import BundleModel
+from edge.sources import CameraSource, Frame
+from edge.synthetic import render_clip, write_stream
+
+START = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def demo_model() -> BundleModel:
+    bundle = resolve_bundle("demo")
+    if not (bundle / "manifest.json").is_file():
+        pytest.skip("the demo bundle edge/models/demo-synth has not been built")
+    return BundleModel(bundle)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.transitions: list[Transition] = []
+
+    def __call__(self, event: Event, transition: Transition) -> None:
+        self.events.append(event)
+        self.transitions.append(transition)
+
+
+def pipeline(model: BundleModel, sink: Sink, camera: CameraConfig | None = None, **decision: float) -> CameraPipeline:
+    camera = camera or CameraConfig(id="door", source="unused.mp4")
+    return CameraPipeline(camera, DecisionConfig(**decision), model, "pi-7", "store 12", sink)
+
+
+def synthetic_frames(kind: str, seconds: float, fps: float = 25.0, t0: float = 0.0, seed: int = 0) -> list[Frame]:
+    images = render_clip(kind, round(seconds * fps), 160, 120, np.random.default_rng(seed))  # type: ignore[arg-type]
+    return [
+        Frame(img, t0 + i / fps, START + timedelta(seconds=t0 + i / fps)) for i, img in enumerate(images)
+    ]
+
+
+def test_video_with_one_fight_gives_one_incident_overlapping_it(tmp_path: Path, demo_model: BundleModel) -> None:
+    video = tmp_path / "stream.mp4"
+    spans = write_stream(video, [("calm", 8), ("fight", 5), ("calm", 8)])
+    camera = CameraConfig(id="door", source=str(video), realtime=False)
+    sink = Sink()
+    chain = pipeline(demo_model, sink, camera)
+    first: list[Frame] = []
+    for frame in CameraSource(camera).frames(threading.Event()):
+        first = first or [frame]
+        chain.process(frame)
+    chain.finish()
+
+    kinds = [e.type for e in sink.events]
+    assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("start") == 1 and kinds.count("end") == 1
+    assert len({e.event_id for e in sink.events}) == 1
+    assert [e.seq for e in sink.events] == list(range(len(sink.events)))
+    end = sink.events[-1]
+    # Frame times are file positions on the wall clock of the first frame: compare with the fight segment.
+    origin = first[0].wall - timedelta(seconds=first[0].ts)
+    _, fight_start, fight_end = spans[1]
+    assert end.started_at < origin + timedelta(seconds=fight_end)
+    assert end.ended_at is not None and end.ended_at > origin + timedelta(seconds=fight_start)
+    assert end.started_at <= end.ended_at
+    assert end.label == "fight" and end.peak_score >= 0.5 and end.windows >= 2
+    assert (end.device_id, end.camera_id, end.site) == ("pi-7", "door", "store 12")
+    assert end.model.sha256 == demo_model.manifest.sha256
+    validator = jsonschema.Draft202012Validator(event_schema(), format_checker=jsonschema.FormatChecker())
+    for event in sink.events:
+        validator.validate(json.loads(event_json(event)))
+    assert sink.transitions[-1].peak_frame is not None
+
+    stats = chain.stats()
+    assert stats["frames_in"] == 21 * 25
+    interval = demo_model.manifest.sampling.frame_interval_s
+    assert abs(stats["frames_sampled"] - 21 / interval) <= 2
+    assert stats["incidents"] == 1 and stats["events"] == len(sink.events) and not stats["incident_open"]
+    assert stats["windows"] > 0 and stats["inference_ms"] > 0
+
+
+def test_calm_video_gives_no_event(demo_model: BundleModel) -> None:
+    sink = Sink()
+    chain = pipeline(demo_model, sink)
+    for frame in synthetic_frames("calm", 10, seed=4):
+        chain.process(frame)
+    chain.finish()
+    assert sink.events == []
+    assert chain.stats()["windows"] > 0
+
+
+def test_finish_closes_an_incident_still_open_at_the_end(demo_model: BundleModel) -> None:
+    sink = Sink()
+    chain = pipeline(demo_model, sink)
+    frames = synthetic_frames("fight", 6, seed=2)
+    for frame in frames:
+        chain.process(frame)
+    assert sink.events[0].type == "start" and chain.stats()["incident_open"]
+    chain.finish()
+    assert sink.events[-1].type == "end"
+    assert sink.events[-1].emitted_at == frames[-1].wall
+    chain.finish()  # nothing left to close
+    assert [e.type for e in sink.events].count("end") == 1
+
+
+def test_gap_closes_the_incident_and_needs_a_fresh_window(demo_model: BundleModel) -> None:
+    sink = Sink()
+    chain = pipeline(demo_model, sink)
+    before = synthetic_frames("fight", 4, seed=2)
+    for frame in before:
+        chain.process(frame)
+    assert chain.stats()["incident_open"]
+    windows_before = chain.stats()["windows"]
+    chain.gap()
+    assert sink.events[-1].type == "end" and sink.events[-1].emitted_at == before[-1].wall
+    assert not chain.stats()["incident_open"]
+    # After the gap a whole new window of sampled frames is needed before the next classification.
+    window_s = demo_model.manifest.sampling.frame_interval_s * demo_model.manifest.input.frames
+    after = synthetic_frames("fight", window_s * 0.9, t0=100.0, seed=8)
+    for frame in after:
+        chain.process(frame)
+    assert chain.stats()["windows"] == windows_before
