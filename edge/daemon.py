@@ -258,6 +258,7 @@ class Daemon:
             "uptime_s": round(time.monotonic() - self.started_at, 1),
             "frames_in": sum(c.get("frames_in", 0) for c in cameras.values()),
             "frames_sampled": sum(c.get("frames_sampled", 0) for c in cameras.values()),
+            "inference_ms": max((c.get("inference_ms", 0.0) for c in cameras.values()), default=0.0),
             "events": self.events_emitted,
             "cameras": cameras,
         }
@@ -270,6 +271,7 @@ class Daemon:
     def _publish_stats(self) -> None:
         data = self.stats()
         log.debug("stats", extra={"fields": {"frames_in": data["frames_in"], "events": data["events"]}})
+        systemd.status(f"{data['frames_in']} frames, {data['events']} events, outbox {data.get('outbox_depth', 0)}")
         if self.publisher is not None:
             self.publisher.publish_json(self.topics.stats, data)
 

@@ -126,7 +126,7 @@ def test_one_incident_over_the_fight_reaches_a_subscriber(mosquitto_broker, subs
     assert statuses[0] == b"online" and statuses[-1] == b"stopped"
     stats = [json.loads(m.payload) for m in sub.messages if m.topic == f"rclstm/{DEVICE}/stats"]
     assert stats and stats[-1]["frames_in"] > 0 and stats[-1]["outbox_depth"] >= 0
-    assert {"frames_sampled", "dropped", "uptime_s", "version"} <= set(stats[-1])
+    assert {"frames_sampled", "inference_ms", "dropped", "uptime_s", "version"} <= set(stats[-1])
     assert sent_keys(err) == received_keys(sub)
     assert out == "", "with a broker, events go to MQTT only"
 
