@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
 from edge.bundle import load_bundle
 
 
-def op_counts(model_path: Path) -> Counter[str]:
-    """Builtin op name -> count, read from the model by ai-edge-litert's interpreter."""
-    from ai_edge_litert.interpreter import Interpreter
+def op_counts(model_path: Path) -> dict[str, Counter[str]]:
+    """Signature (subgraph) name -> builtin op name -> count, from ai-edge-litert's model analyzer.
 
-    interpreter = Interpreter(model_path=str(model_path))
-    return Counter(op["op_name"] for op in interpreter._get_ops_details())
+    The analyzer reads every subgraph without TensorFlow; the interpreter's op list covers only the first.
+    """
+    from ai_edge_litert import _pywrap_analyzer_wrapper as analyzer
+
+    report = analyzer.ModelAnalyzer(str(model_path), True, False)
+    counts: dict[str, Counter[str]] = {}
+    current: Counter[str] | None = None
+    for line in report.splitlines():
+        header = re.match(r"^Subgraph#(\d+) (\w*)", line)
+        if header:
+            current = counts.setdefault(header.group(2) or f"subgraph{header.group(1)}", Counter())
+            continue
+        op = re.match(r"^\s+Op#\d+ (\w+)\(", line)
+        if op and current is not None:
+            current[op.group(1)] += 1
+    return counts
 
 
 def describe(bundle_dir: Path) -> str:
@@ -35,8 +49,8 @@ def describe(bundle_dir: Path) -> str:
         ins = ", ".join(f"{t.name}{t.shape}" for t in sig.inputs)
         outs = ", ".join(f"{t.name}{t.shape}" for t in sig.outputs)
         lines.append(f"  {name}: {ins} -> {outs}")
-    ops = op_counts(model_path)
-    lines.append("ops: " + ", ".join(f"{name} x{count}" for name, count in sorted(ops.items())))
+    for signature, ops in op_counts(model_path).items():
+        lines.append(f"ops in {signature}: " + ", ".join(f"{name} x{count}" for name, count in sorted(ops.items())))
     lines.append("verified runtimes:" + ("" if manifest.verified_runtimes else " none"))
     for check in manifest.verified_runtimes:
         lines.append(f"  {check.runtime} {check.version}: max |diff| {check.max_abs_diff:.2e}, "
