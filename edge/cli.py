@@ -1,4 +1,4 @@
-"""``rclstm-edge``: run, check, demo and schema.
+"""``rclstm-edge``: run, check, demo, schema, install and uninstall.
 
 Imports are deferred into the commands so ``rclstm-edge --help`` and a config error answer at once,
 and the daemon's start-up is not paid for by the commands that do not need OpenCV or the runtime.
@@ -40,6 +40,35 @@ def _parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("schema", help="print a JSON Schema")
     schema.add_argument("name", choices=["event"])
+
+    install = sub.add_parser("install", help="provision this device: user, venv, config, credentials, unit")
+    install.add_argument("--device-id", required=True)
+    install.add_argument("--site", required=True)
+    install.add_argument(
+        "--camera",
+        action="append",
+        default=[],
+        metavar="[ID=]SOURCE",
+        help="a camera (repeat for several): rtsp://..., http://..., /dev/video0 or an index",
+    )
+    install.add_argument("--broker", help="mqtts://HOST:8883 (or mqtt://HOST:1883 on a trusted network)")
+    install.add_argument("--username")
+    secret = install.add_mutually_exclusive_group()
+    secret.add_argument("--password-stdin", action="store_true", help="read the MQTT password from stdin")
+    secret.add_argument("--password-file", type=Path, help="read the MQTT password from this file")
+    install.add_argument("--ca", type=Path, help="CA certificate that signed the broker's certificate")
+    install.add_argument("--cert", type=Path, help="client certificate (mutual TLS)")
+    install.add_argument("--key", type=Path, help="client key (stored as a root-only credential)")
+    install.add_argument("--model", default="builtin", help="bundle path or 'builtin'")
+    install.add_argument("--runtime", choices=["litert", "tflite"], default="litert")
+    install.add_argument("--package", help="what pip installs into the venv (default: this version from PyPI)")
+    install.add_argument("--root", type=Path, default=Path("/"), help="install into this directory tree instead")
+    install.add_argument("--no-venv", action="store_true", help="do not create or update /opt/rclstm-edge/venv")
+    install.add_argument("--skip-check", action="store_true", help="do not run `check` at the end")
+
+    uninstall = sub.add_parser("uninstall", help="remove the unit and venv (config and outbox kept unless --purge)")
+    uninstall.add_argument("--root", type=Path, default=Path("/"))
+    uninstall.add_argument("--purge", action="store_true", help="also remove config, credentials, outbox and user")
     return parser
 
 
@@ -61,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_checks(args.config)
         if args.command == "demo":
             return _demo(args.broker)
+        if args.command in ("install", "uninstall"):
+            return _provision(args)
         return _run(args)
     except ConfigError as exc:
         for problem in exc.problems:
@@ -72,6 +103,53 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAIL
+
+
+def _provision(args: argparse.Namespace) -> int:
+    from edge.install import InstallError, InstallOptions, install, uninstall
+
+    try:
+        if args.command == "uninstall":
+            report = uninstall(args.root, purge=args.purge)
+        else:
+            password = None
+            if args.password_stdin:
+                password = sys.stdin.readline().rstrip("\n")
+            elif args.password_file is not None:
+                password = args.password_file.read_text(encoding="utf-8").strip()
+            options = InstallOptions(
+                device_id=args.device_id,
+                site=args.site,
+                cameras=args.camera,
+                broker=args.broker,
+                username=args.username,
+                password=password,
+                ca=args.ca,
+                cert=args.cert,
+                key=args.key,
+                model=args.model,
+                root=args.root,
+                package=args.package,
+                runtime=args.runtime,
+                create_venv=not args.no_venv,
+            )
+            report = install(options)
+    except InstallError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    for path in report.changed:
+        print(f"changed  {path}")
+    for note in report.notes:
+        print(f"note     {note}")
+    print(f"{len(report.changed)} changed, {len(report.unchanged)} unchanged")
+    if args.command == "install" and not args.skip_check:
+        if args.root.resolve() != Path("/"):
+            print("note     check skipped: the config under --root names paths of the target system")
+            return EXIT_OK
+        from edge.check import run_checks
+
+        return run_checks(args.root / "etc/rclstm-edge/config.toml")
+    return EXIT_OK
 
 
 def _parse_source(value: str) -> str | int:
@@ -153,16 +231,21 @@ def _demo(broker: str | None) -> int:
         video = Path(tmp) / "demo.mp4"
         spans = write_stream(video, DEMO_SEGMENTS, fps=25)
         fight = next((start, end) for kind, start, end in spans if kind == "fight")
-        print(f"demo: generated {video.name}: calm, then a fight from {fight[0]:.0f} s to {fight[1]:.0f} s, "
-              "then calm again; running the demo model on it", file=sys.stderr)
-        config = Config.model_validate({
-            "device_id": "demo",
-            "site": "demo",
-            "state_dir": str(Path(tmp) / "state"),
-            "model": {"bundle": "demo"},
-            "mqtt": {"url": broker},
-            "cameras": [{"id": "cam0", "source": str(video), "kind": "file", "realtime": False}],
-        })
+        print(
+            f"demo: generated {video.name}: calm, then a fight from {fight[0]:.0f} s to {fight[1]:.0f} s, "
+            "then calm again; running the demo model on it",
+            file=sys.stderr,
+        )
+        config = Config.model_validate(
+            {
+                "device_id": "demo",
+                "site": "demo",
+                "state_dir": str(Path(tmp) / "state"),
+                "model": {"bundle": "demo"},
+                "mqtt": {"url": broker},
+                "cameras": [{"id": "cam0", "source": str(video), "kind": "file", "realtime": False}],
+            }
+        )
 
         out = _EventTee()
         daemon = Daemon(config, print_events=True, out=out)  # type: ignore[arg-type]
@@ -171,12 +254,14 @@ def _demo(broker: str | None) -> int:
     kinds = [e["type"] for e in out.events]
     for event in out.events:
         if event["type"] in ("start", "end"):
-            print(f"demo: {event['type']:5s} {event['label']} incident {str(event['event_id'])[:8]} "
-                  f"score {event['score']:.2f} (peak {event['peak_score']:.2f})", file=sys.stderr)
+            print(
+                f"demo: {event['type']:5s} {event['label']} incident {str(event['event_id'])[:8]} "
+                f"score {event['score']:.2f} (peak {event['peak_score']:.2f})",
+                file=sys.stderr,
+            )
     if code != EXIT_OK or "start" not in kinds or "end" not in kinds:
         print("demo: FAILED: no complete anomaly incident was detected", file=sys.stderr)
         return EXIT_FAIL
     where = f" and to {broker}" if broker else ""
-    print(f"demo: {kinds.count('start')} incident(s), {len(kinds)} event message(s) on stdout{where}",
-          file=sys.stderr)
+    print(f"demo: {kinds.count('start')} incident(s), {len(kinds)} event message(s) on stdout{where}", file=sys.stderr)
     return EXIT_OK

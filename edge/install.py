@@ -50,7 +50,6 @@ class InstallOptions:
     package: str | None = None
     runtime: str = "litert"
     create_venv: bool = True
-    run_check: bool = True
 
 
 @dataclass

@@ -39,7 +39,6 @@ def options(root: Path, **changes) -> InstallOptions:
         password="s3cret-pass",
         root=root,
         create_venv=False,
-        run_check=False,
     )
     base.update(changes)
     return InstallOptions(**base)
@@ -159,3 +158,35 @@ def test_install_creates_a_venv_with_this_package(tmp_path: Path) -> None:
     )
     assert out.stdout.split() == [__import__("edge").__version__, "True"]
     assert sys.executable != str(venv_python)
+
+
+def test_cli_install_reads_the_password_from_stdin_and_reports_changes(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    args = [
+        sys.executable,
+        "-m",
+        "edge",
+        "install",
+        "--root",
+        str(root),
+        "--no-venv",
+        "--device-id",
+        "pi-7",
+        "--site",
+        "s7",
+        "--camera",
+        "door=rtsp://cam/stream",
+        "--broker",
+        "mqtt://127.0.0.1:1883",
+        "--username",
+        "u7",
+        "--password-stdin",
+    ]
+    first = subprocess.run(args, input="pw from stdin\n", capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    assert "pw from stdin" not in first.stdout + first.stderr
+    assert (root / "etc/rclstm-edge/credentials/mqtt-password").read_text() == "pw from stdin"
+    second = subprocess.run(args, input="pw from stdin\n", capture_output=True, text=True)
+    assert "0 changed" in second.stdout
+    bad = subprocess.run([*args[:-1], "--camera", ""], input="", capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "cameras.1.source" in bad.stderr
