@@ -34,7 +34,7 @@ def held_out_windows(trained_run: Path, frame_cache: Path) -> tuple[np.ndarray, 
     return ds.windows(data.clips, 20, "diff"), data.y
 
 
-def _keras(path: Path):  # noqa: ANN202 - keras type only exists with TensorFlow installed
+def _keras(path: Path):  # keras is imported lazily, so no return annotation
     from converter.convert import load_model
 
     return load_model(path)
