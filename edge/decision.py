@@ -27,6 +27,9 @@ from edge.classifier import Prediction
 from edge.config import DecisionConfig
 
 TransitionKind = Literal["start", "update", "end"]
+# Where the hysteresis stands: no qualifying run, a run building up to start_windows, an incident
+# open, or an incident just ended and the cooldown not yet over.
+Phase = Literal["idle", "pending", "open", "cooldown"]
 
 
 @dataclass(frozen=True)
@@ -93,13 +96,25 @@ class Decider:
         self._run: list[Prediction] = []  # consecutive qualifying windows while idle
         self._open: _Incident | None = None
         self._cooldown_until: float | None = None
+        self._last_ts: float | None = None
 
     @property
     def open(self) -> bool:
         return self._open is not None
 
+    @property
+    def phase(self) -> Phase:
+        """The state the newest window left behind (replay draws it; the daemon does not need it)."""
+        if self._open is not None:
+            return "open"
+        if self._run:
+            return "pending"
+        until, last = self._cooldown_until, self._last_ts
+        return "cooldown" if until is not None and last is not None and last < until else "idle"
+
     def update(self, pred: Prediction) -> list[Transition]:
         """Feed one window's prediction; returns the transitions it caused (usually none)."""
+        self._last_ts = pred.ts
         above = pred.anomaly_score >= self.settings.threshold
         incident = self._open
         if incident is None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from edge.classifier import StreamClassifier
+from edge.classifier import Prediction, StreamClassifier
 from edge.config import CameraConfig, DecisionConfig
 from edge.decision import Decider, Transition
 from edge.events import Event, build_event
@@ -23,6 +23,9 @@ from edge.sampler import Sampler
 from edge.sources import Frame
 
 Emit = Callable[[Event, Transition], None]
+# Sees every classified window after the decision took it in (replay and calibration need the scores
+# between transitions too, and the decider's state that window left behind).
+WindowHook = Callable[[Prediction], None]
 
 
 class CameraPipeline:
@@ -34,12 +37,14 @@ class CameraPipeline:
         device_id: str,
         site: str,
         emit: Emit,
+        on_window: WindowHook | None = None,
     ) -> None:
         self.camera = camera
         self.model = model
         self.device_id = device_id
         self.site = site
         self.emit = emit
+        self.on_window = on_window
         self.sampler = Sampler(model.manifest.sampling.frame_interval_s)
         self.classifier = StreamClassifier(model, decision.hop)
         self.decider = Decider(decision)
@@ -57,6 +62,8 @@ class CameraPipeline:
         prediction = self.classifier.push(sampled)
         if prediction is not None:
             self._publish(self.decider.update(prediction))
+            if self.on_window is not None:
+                self.on_window(prediction)
 
     def gap(self) -> None:
         """The source was lost: close an open incident at the last frame and start the window afresh."""
