@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--broker", help="also publish to this broker (mqtt://HOST:PORT)")
 
     schema = sub.add_parser("schema", help="print a JSON Schema")
-    schema.add_argument("name", choices=["event"])
+    schema.add_argument("name", choices=["event", "camera-status", "stats"])
 
     install = sub.add_parser("install", help="provision this device: user, venv, config, credentials, unit")
     install.add_argument("--device-id", required=True)
@@ -80,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "schema":
-            from edge.events import schema_text
+            from edge.messages import schema_text
 
-            sys.stdout.write(schema_text())
+            sys.stdout.write(schema_text(args.name))
             return EXIT_OK
         if args.command == "check":
             from edge.check import run_checks

@@ -128,6 +128,9 @@ class MqttConfig(_Section):
     stats_interval_s: float = Field(60.0, ge=1.0, le=86400.0)
     snapshots: bool = False
     snapshot_max_bytes: int = Field(100_000, ge=1000, le=5_000_000)
+    # Home Assistant MQTT discovery (opt-in): per camera an anomaly binary_sensor and a score sensor.
+    homeassistant: bool = False
+    discovery_prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 
     @field_validator("url")
     @classmethod

@@ -8,7 +8,6 @@ finite source has ended, closes incidents, flushes the outbox for a bounded time
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -23,7 +22,9 @@ from typing import Any, TextIO
 from edge import __version__, systemd
 from edge.config import CameraConfig, Config, resolve_password
 from edge.decision import Transition
+from edge.discovery import ANOMALY_OFF, ANOMALY_ON, discovery_configs
 from edge.events import Event, event_json
+from edge.messages import CameraStats, CameraStatus, Stats, message_json
 from edge.models import resolve_bundle
 from edge.mqtt import Publisher, Topics
 from edge.outbox import Outbox
@@ -54,10 +55,6 @@ def usable_state_dir(wanted: Path) -> Path:
 def _user_state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "rclstm-edge"
-
-
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -116,6 +113,19 @@ class Daemon:
         self.publisher = Publisher(cfg, self.config.device_id, self.outbox, resolve_password(cfg))
         self.publisher.start()
 
+    def _announce(self, model: str) -> None:
+        """Retained state set before the first connect: no open incident, and the opt-in HA discovery."""
+        if self.publisher is None:
+            return
+        cfg = self.config.mqtt
+        if cfg.homeassistant:
+            cameras = [c.id for c in self.config.cameras]
+            for topic, payload in discovery_configs(self.topics, self.config.device_id, self.config.site, cameras,
+                                                    cfg.discovery_prefix, model):
+                self.publisher.set_state(topic, payload)
+        for camera in self.config.cameras:
+            self.publisher.set_state(self.topics.camera(camera.id, "anomaly"), ANOMALY_OFF.encode())
+
     def _make_worker(self, camera: CameraConfig, model: BundleModel) -> CameraWorker:
         decision = self.config.decision_for(camera)
         pipeline = CameraPipeline(camera, decision, model, self.config.device_id, self.config.site,
@@ -140,6 +150,7 @@ class Daemon:
         log.info("model %s %s loaded (%s %s, sha256 %s...)", manifest.name, manifest.version,
                  models[0].runtime.name, models[0].runtime.version, manifest.sha256[:12])
         self._start_mqtt()
+        self._announce(f"{manifest.name} {manifest.version}")
         try:
             pairs = zip(self.config.cameras, models, strict=True)
             self.workers = [self._make_worker(cam, model) for cam, model in pairs]
@@ -216,6 +227,9 @@ class Daemon:
                 self.publisher.publish_direct(topic, payload)
             else:
                 self.publisher.notify()
+            if event.type != "update":
+                state = ANOMALY_ON if event.type == "start" else ANOMALY_OFF
+                self.publisher.set_state(self.topics.camera(camera.id, "anomaly"), state.encode())
             if self.config.mqtt.snapshots and event.type == "end" and transition.peak_frame is not None:
                 self._snapshot(camera, transition)
         log.info("event", extra={"fields": {
@@ -243,37 +257,37 @@ class Daemon:
         camera_id = worker.camera.id
         if not online:
             worker.pipeline.gap()
-        state = {"online": online, "reason": reason, "since": _utc_now()}
         if self.publisher is not None:
-            payload = json.dumps(state, separators=(",", ":")).encode()
-            self.publisher.set_state(self.topics.camera(camera_id, "status"), payload)
+            status = CameraStatus(online=online, reason=reason, since=datetime.now(timezone.utc))
+            self.publisher.set_state(self.topics.camera(camera_id, "status"), message_json(status))
 
     # -- stats ---------------------------------------------------------------------------------------
 
-    def stats(self) -> dict[str, Any]:
-        cameras = {w.camera.id: {**w.pipeline.stats(), **_source_counters(w.source)} for w in self.workers}
-        data: dict[str, Any] = {
-            "device_id": self.config.device_id,
-            "version": __version__,
-            "uptime_s": round(time.monotonic() - self.started_at, 1),
-            "frames_in": sum(c.get("frames_in", 0) for c in cameras.values()),
-            "frames_sampled": sum(c.get("frames_sampled", 0) for c in cameras.values()),
-            "inference_ms": max((c.get("inference_ms", 0.0) for c in cameras.values()), default=0.0),
-            "events": self.events_emitted,
-            "cameras": cameras,
-        }
+    def stats(self) -> Stats:
+        cameras = {w.camera.id: CameraStats(**w.pipeline.stats(), **_source_counters(w.source)) for w in self.workers}
+        delivery: dict[str, Any] = {}
         if self.outbox is not None and self.publisher is not None:
-            data.update(outbox_depth=self.outbox.depth(), outbox_bytes=self.outbox.bytes(),
-                        dropped=self.outbox.dropped, outbox_errors=self.outbox.errors,
-                        acked=self.publisher.acked, rejected=self.publisher.rejected)
-        return data
+            delivery = dict(outbox_depth=self.outbox.depth(), outbox_bytes=self.outbox.bytes(),
+                            dropped=self.outbox.dropped, outbox_errors=self.outbox.errors,
+                            acked=self.publisher.acked, rejected=self.publisher.rejected)
+        return Stats(
+            device_id=self.config.device_id,
+            version=__version__,
+            uptime_s=round(time.monotonic() - self.started_at, 1),
+            frames_in=sum(c.frames_in for c in cameras.values()),
+            frames_sampled=sum(c.frames_sampled for c in cameras.values()),
+            inference_ms=max((c.inference_ms for c in cameras.values()), default=0.0),
+            events=self.events_emitted,
+            cameras=cameras,
+            **delivery,
+        )
 
     def _publish_stats(self) -> None:
-        data = self.stats()
-        log.debug("stats", extra={"fields": {"frames_in": data["frames_in"], "events": data["events"]}})
-        systemd.status(f"{data['frames_in']} frames, {data['events']} events, outbox {data.get('outbox_depth', 0)}")
+        stats = self.stats()
+        log.debug("stats", extra={"fields": {"frames_in": stats.frames_in, "events": stats.events}})
+        systemd.status(f"{stats.frames_in} frames, {stats.events} events, outbox {stats.outbox_depth or 0}")
         if self.publisher is not None:
-            self.publisher.publish_json(self.topics.stats, data)
+            self.publisher.publish_json(self.topics.stats, stats.model_dump(mode="json"))
 
 
 def _source_counters(source: CameraSource) -> dict[str, Any]:

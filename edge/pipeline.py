@@ -50,6 +50,7 @@ class CameraPipeline:
         self.decider = Decider(decision)
         self.frames_in = 0
         self.events = 0
+        self.score: float | None = None  # the newest window's anomaly score, for stats and dashboards
         self._last: Frame | None = None
 
     def process(self, frame: Frame) -> None:
@@ -61,6 +62,7 @@ class CameraPipeline:
             return
         prediction = self.classifier.push(sampled)
         if prediction is not None:
+            self.score = prediction.anomaly_score
             self._publish(self.decider.update(prediction))
             if self.on_window is not None:
                 self.on_window(prediction)
@@ -83,6 +85,7 @@ class CameraPipeline:
             "windows": self.classifier.classified,
             "inference_ms": round(self.classifier.inference_ms_mean, 2),
             "inference_ms_last": round(self.classifier.inference_ms_last, 2),
+            "score": None if self.score is None else round(self.score, 4),
             "incidents": self.decider.incidents,
             "incident_open": self.decider.open,
             "events": self.events,
