@@ -1,0 +1,80 @@
+"""Training end to end on generated clips: the run directory, leak-free splits, repeated splits, bad data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from converter.cli import main
+
+pytestmark = pytest.mark.slow
+PNG = b"\x89PNG"
+
+
+def test_run_directory_records_everything_evaluate_and_convert_need(trained_run: Path, synth_data: Path) -> None:
+    for name in ("model.keras", "history.json", "metrics.json", "run.json"):
+        assert (trained_run / name).is_file(), name
+    for name in ("curves.png", "confusion.png"):
+        assert (trained_run / name).read_bytes()[:4] == PNG
+    run = json.loads((trained_run / "run.json").read_text())
+    assert run["representation"] == "diff" and run["labels"] == ["calm", "fight"]
+    assert run["options"]["filters"] == [8, 16, 16]
+    assert run["sampling"]["frame_interval_s"] > 0
+    history = json.loads((trained_run / "history.json").read_text())
+    assert len(history) == 1 and "val_loss" in history[0]
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    summary = metrics["summary"]
+    assert set(summary) >= {"macro", "binary", "runs", "clips"}
+    # Three epochs on generated clips must clearly beat chance on held-out scenes.
+    assert summary["binary"]["accuracy"]["mean"] >= 0.75
+
+
+def test_test_scenes_never_appear_in_training(trained_run: Path, synth_data: Path) -> None:
+    from converter.dataset import scan
+
+    run = json.loads((trained_run / "run.json").read_text())
+    clips, _, _ = scan(synth_data)
+    group = {c.name: c.group for c in clips}
+    test = set(run["test_clips"])
+    assert test and {c.label for c in clips if c.name in test} == {"calm", "fight"}
+    assert not {group[n] for n in test} & {group[n] for n in group if n not in test}
+    split = run["splits"][0]
+    assert split["train_clips"] + split["validation_clips"] + len(test) == len(clips)
+
+
+def test_repeated_random_splits_with_augmentation_report_mean_and_spread(
+    synth_data: Path, frame_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    code = main(["train", str(synth_data), "--out", str(out), "--representation", "diff", "--seeds", "2",
+                 "--split", "random", "--augment", "flip+jitter", "--epochs", "1", "--filters", "4,8",
+                 "--pools", "8,4", "--anomaly-classes", "fight", "--cache", str(frame_cache)])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("val_loss") == 2  # one Keras progress line per epoch, one epoch per split
+    assert "split 2:" in captured.err and "over 2 split(s)" in captured.err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["summary"]["runs"] == 2 and "std" in metrics["summary"]["macro"]["accuracy"]
+    assert (out / "runs" / "00" / "model.keras").is_file() and (out / "runs" / "01" / "model.keras").is_file()
+    run = json.loads((out / "run.json").read_text())
+    assert run["splits"][0]["test_clips"] != run["splits"][1]["test_clips"]
+    assert run["options"]["augment"] == "flip+jitter"
+
+
+def test_training_on_bad_data_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", str(tmp_path / "missing"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "data folder not found" in err and len(err.splitlines()) == 1
+    (tmp_path / "data" / "calm").mkdir(parents=True)
+    (tmp_path / "data" / "fight").mkdir()
+    assert main(["train", str(tmp_path / "data"), "--out", str(tmp_path / "run")]) == 2
+    assert "class folder has no videos" in capsys.readouterr().err
+
+
+def test_unknown_anomaly_class_is_refused(synth_data: Path, frame_cache: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", str(synth_data), "--out", str(tmp_path / "run"), "--anomaly-classes", "riot",
+                 "--cache", str(frame_cache)]) == 2
+    assert "--anomaly-classes riot not among the classes calm, fight" in capsys.readouterr().err
