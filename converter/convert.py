@@ -12,8 +12,8 @@ Steps, each of which can stop the conversion with a one-line reason:
    refuse below 99% top-1 agreement (float modes) or above a 2-point accuracy drop (int8);
 5. run the bundle in every runtime available (this interpreter's ai-edge-litert and, with
    RCLSTM_TFLITE_PYTHON / --verify-python, tflite-runtime in a second environment) and compare to
-   TensorFlow's own TFLite interpreter: within 1e-5 for float modes, one output quantization step
-   (1/256, the int8 softmax scale) for int8.
+   TensorFlow's own TFLite interpreter: within 1e-5 for float32/float16, one output quantization
+   step (1/256, the int8 softmax scale) for dynamic and int8.
 """
 
 from __future__ import annotations
@@ -53,6 +53,10 @@ from edge.runtime import BundleModel
 
 QUANTIZATIONS: tuple[str, ...] = ("float32", "float16", "dynamic", "int8")
 FLOAT_TOLERANCE = 1e-5
+# Modes whose kernels are float end to end. Dynamic range quantizes activations to int8 at run time,
+# and runtimes round those differently (measured 1.6e-5 between tflite-runtime 2.14 and LiteRT 2.3 on
+# the fight data), so it is held to the int8 rule: within one output quantization step.
+FLOAT_MODES = ("float32", "float16")
 INT8_STEP = 1.0 / 256.0  # TFLite's fixed int8 softmax output scale
 MIN_TOP1 = 0.99
 MAX_INT8_DROP = 0.02
@@ -406,7 +410,7 @@ def convert(opts: ConvertOptions) -> Report:
             f"vs bundle {parity['bundle_accuracy']:.3f}")
 
         reference = _tf_reference(model_file, manifest, windows)
-        tolerance = INT8_STEP if opts.quantize == "int8" else FLOAT_TOLERANCE
+        tolerance = FLOAT_TOLERANCE if opts.quantize in FLOAT_MODES else INT8_STEP
         results = [(litert.runtime.name, litert.runtime.version, bundle_probs)]
         python = _verify_python(opts)
         notes = []

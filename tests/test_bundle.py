@@ -97,7 +97,7 @@ def test_manifest_signature_shape_must_match_the_model(demo_copy: Path) -> None:
 
 def test_damaged_or_missing_manifest_and_model(demo_copy: Path) -> None:
     (demo_copy / "model.tflite").unlink()
-    with pytest.raises(BundleError, match="model.tflite: missing"):
+    with pytest.raises(BundleError, match=r"model\.tflite: missing"):
         load_bundle(demo_copy)
     (demo_copy / "manifest.json").write_text("{not json")
     with pytest.raises(BundleError, match="not valid JSON"):

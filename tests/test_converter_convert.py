@@ -22,7 +22,7 @@ from tests.fixtures_models import tflite_python
 
 pytestmark = pytest.mark.slow
 MODES = ["float32", "float16", "dynamic", "int8"]
-TOLERANCE = {"float32": 1e-5, "float16": 1e-5, "dynamic": 1e-5, "int8": 1 / 256}
+TOLERANCE = {"float32": 1e-5, "float16": 1e-5, "dynamic": 1 / 256, "int8": 1 / 256}
 needs_tflite = pytest.mark.skipif(tflite_python() is None,
                                   reason="RCLSTM_TFLITE_PYTHON is not set (the tflite-runtime 2.14 environment)")
 
