@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""Reference consumer of rclstm-edge events: subscribe, validate, deduplicate, print or store.
+
+The devices deliver at least once: after a broker outage or a restart an event can arrive twice,
+byte for byte. A message is identified by (event_id, type, seq); this consumer keeps the keys it
+has seen, in memory (bounded) or in SQLite with ``--store FILE`` so duplicates are recognised
+across its own restarts too, and handles each message once.
+
+    python examples/subscriber.py --broker mqtt://broker:1883
+    python examples/subscriber.py --broker mqtts://broker:8883 --ca ca.crt --username backend \\
+        --password-env MQTT_PASSWORD --share alerts --store events.db --json
+
+With ``--share GROUP`` it subscribes to ``$share/GROUP/<topic>`` (MQTT 5 shared subscription):
+run several copies with the same group and the broker hands each message to one of them. Give
+them the same ``--store`` file (SQLite serialises the writers) so a redelivery that lands on
+another member is still recognised.
+
+Needs paho-mqtt 2.x and, for validation, jsonschema (``--no-validate`` to run without it).
+Exit codes: 0 stopped by SIGINT/SIGTERM or --max-events reached, 1 cannot run (jsonschema missing, schema
+unreadable, broker unreachable), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sqlite3
+import sys
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+
+DEFAULT_TOPIC = "rclstm/+/+/events"
+DEFAULT_SCHEMA = Path(__file__).resolve().parents[1] / "docs" / "schemas" / "event.json"
+MEMORY_KEYS = 100_000
+
+Key = tuple[str, str, int]
+
+
+class MemorySeen:
+    """The most recent keys, oldest forgotten first: a redelivery comes soon after the original."""
+
+    def __init__(self, limit: int = MEMORY_KEYS) -> None:
+        self.limit = limit
+        self._keys: OrderedDict[Key, None] = OrderedDict()
+
+    def add(self, key: Key, topic: str, payload: bytes) -> bool:
+        """True when the key is new."""
+        if key in self._keys:
+            self._keys.move_to_end(key)
+            return False
+        self._keys[key] = None
+        if len(self._keys) > self.limit:
+            self._keys.popitem(last=False)
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+class SqliteSeen:
+    """Every new event stored once; the primary key is what makes a duplicate a no-op."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS events (event_id TEXT NOT NULL, type TEXT NOT NULL, seq INTEGER NOT NULL,"
+            " topic TEXT NOT NULL, payload TEXT NOT NULL, received_at TEXT NOT NULL DEFAULT"
+            " (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), PRIMARY KEY (event_id, type, seq))"
+        )
+
+    def add(self, key: Key, topic: str, payload: bytes) -> bool:
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO events (event_id, type, seq, topic, payload) VALUES (?, ?, ?, ?, ?)",
+            (*key, topic, payload.decode("utf-8")),
+        )
+        return cursor.rowcount == 1
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def load_validator(schema_path: Path) -> Any:
+    try:
+        import jsonschema
+    except ImportError:
+        sys.exit("error: jsonschema is not installed: pip install jsonschema (or pass --no-validate)")
+    try:
+        schema = json.loads(schema_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        sys.exit(f"error: --schema {schema_path}: cannot read a JSON Schema ({exc})")
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+def describe(event: dict[str, Any]) -> str:
+    """One human line per message."""
+    return (f"{event['emitted_at']} {event['type']:6s} {event['site']}/{event['device_id']}/{event['camera_id']} "
+            f"{event['label']} score={event['score']:.2f} peak={event['peak_score']:.2f} "
+            f"event={event['event_id']} seq={event['seq']}")
+
+
+class Consumer:
+    def __init__(self, args: argparse.Namespace, seen: MemorySeen | SqliteSeen, validator: Any) -> None:
+        self.args = args
+        self.seen = seen
+        self.validator = validator
+        self.counts = {"received": 0, "new": 0, "duplicates": 0, "invalid": 0}
+        self.done = threading.Event()
+        self._lock = threading.Lock()
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        with self._lock:
+            self.counts["received"] += 1
+            try:
+                event = json.loads(payload)
+                if self.validator is not None:
+                    self.validator.validate(event)
+                key = (str(event["event_id"]), str(event["type"]), int(event["seq"]))
+            except Exception as exc:  # any malformed message is reported and skipped, never fatal
+                self.counts["invalid"] += 1
+                reason = getattr(exc, "message", None) or str(exc)
+                print(f"invalid message on {topic}: {reason.splitlines()[0][:200]}", file=sys.stderr, flush=True)
+                return
+            if not self.seen.add(key, topic, payload):
+                self.counts["duplicates"] += 1
+                print(f"duplicate {key[0]} {key[1]} seq={key[2]}", file=sys.stderr, flush=True)
+                return
+            self.counts["new"] += 1
+            print(payload.decode("utf-8") if self.args.json else describe(event), flush=True)
+            if self.args.max_events and self.counts["new"] >= self.args.max_events:
+                self.done.set()
+
+    def summary(self) -> str:
+        return " ".join(f"{name}={count}" for name, count in self.counts.items())
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Validate, deduplicate and print rclstm-edge events.")
+    parser.add_argument("--broker", required=True, help="mqtt://HOST:1883 or mqtts://HOST:8883")
+    parser.add_argument("--topic", default=DEFAULT_TOPIC, help=f"topic filter (default {DEFAULT_TOPIC})")
+    parser.add_argument("--share", metavar="GROUP", help="subscribe as MQTT 5 shared subscription $share/GROUP/...")
+    parser.add_argument("--username")
+    parser.add_argument("--password-env", metavar="VAR", help="environment variable holding the password")
+    parser.add_argument("--ca", type=Path, help="CA certificate for mqtts://")
+    parser.add_argument("--client-id", default="", help="client id (default: random, clean start)")
+    parser.add_argument("--schema", type=Path, default=DEFAULT_SCHEMA, help="event JSON Schema")
+    parser.add_argument("--no-validate", action="store_true", help="skip JSON Schema validation")
+    parser.add_argument("--store", type=Path, metavar="FILE", help="SQLite file: store events, dedupe across restarts")
+    parser.add_argument("--json", action="store_true", help="print each new event as its JSON line")
+    parser.add_argument("--max-events", type=int, default=0, metavar="N", help="exit after N new events")
+    args = parser.parse_args(argv)
+    url = urlsplit(args.broker)
+    if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
+        parser.error(f"--broker {args.broker!r}: must look like mqtt://host:1883 or mqtts://host:8883")
+    if args.share and ("/" in args.share or "+" in args.share or "#" in args.share):
+        parser.error(f"--share {args.share!r}: a group name must not contain '/', '+' or '#'")
+    if args.password_env and args.password_env not in os.environ:
+        parser.error(f"--password-env {args.password_env}: that variable is not set")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    validator = None if args.no_validate else load_validator(args.schema)
+    seen: MemorySeen | SqliteSeen = SqliteSeen(args.store) if args.store else MemorySeen()
+    consumer = Consumer(args, seen, validator)
+    url = urlsplit(args.broker)
+    topic = f"$share/{args.share}/{args.topic}" if args.share else args.topic
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=args.client_id, protocol=mqtt.MQTTv5)
+    if args.username:
+        client.username_pw_set(args.username, os.environ.get(args.password_env or "", None))
+    if url.scheme == "mqtts":
+        client.tls_set(ca_certs=str(args.ca) if args.ca else None)
+
+    def on_connect(c: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            print(f"broker refused the connection: {reason}", file=sys.stderr, flush=True)
+            return
+        c.subscribe(topic, qos=1)  # again after every reconnect: a clean session forgets subscriptions
+
+    def on_subscribe(c: mqtt.Client, userdata: Any, mid: int, reasons: list[Any], properties: Any) -> None:
+        if any(r.is_failure for r in reasons):
+            print(f"subscription to {topic} refused: {reasons[0]}", file=sys.stderr, flush=True)
+        else:
+            print(f"subscribed to {topic}", file=sys.stderr, flush=True)
+
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_message = lambda c, u, msg: consumer.handle(msg.topic, msg.payload)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: consumer.done.set())
+    try:
+        client.connect(url.hostname or "", url.port or (8883 if url.scheme == "mqtts" else 1883))
+    except OSError as exc:
+        print(f"error: cannot connect to {args.broker}: {exc}", file=sys.stderr)
+        return 1
+    client.loop_start()
+    try:
+        while not consumer.done.wait(0.5):
+            pass
+    finally:
+        client.disconnect()
+        client.loop_stop()
+        seen.close()
+        print(consumer.summary(), file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
