@@ -35,7 +35,7 @@ import numpy as np
 
 from converter import dataset as ds
 from converter.metrics import scores
-from converter.runs import find_run, held_out
+from converter.runs import find_run, held_out, test_clips
 from edge.bundle import (
     MODEL_NAME,
     Manifest,
@@ -288,7 +288,9 @@ def _training_record(run: dict[str, Any] | None, split: int) -> dict[str, Any]:
             flat[key] = [str(v) for v in value]
         elif value is None or isinstance(value, (str, int, float, bool)):
             flat[key] = value
-    flat.update(grouping=run.get("grouping"), split_index=split, data_dir=run.get("data_dir"))
+    # The held-out clips the bundle's metrics were measured on, so `evaluate BUNDLE DATA_DIR` can reuse them.
+    flat.update(grouping=run.get("grouping"), split_index=split, data_dir=run.get("data_dir"),
+                test_clips=test_clips(run, split))
     return flat
 
 
@@ -439,8 +441,8 @@ def convert(opts: ConvertOptions) -> Report:
                                  f"held-out windows (< {MIN_TOP1:.0%}); --force to keep it anyway")
 
         metrics = {"keras": _metrics(keras_result, view), "bundle": _metrics(bundle_result, view)}
-        summary_path = Path(opts.model).parent / "metrics.json"
-        if run and summary_path.is_file():
+        summary_path = Path(run["run_dir"]) / "metrics.json" if run else None
+        if summary_path and summary_path.is_file():
             summary = json.loads(summary_path.read_text())["summary"]
             if view in summary:
                 metrics["keras_runs"] = _summary_metrics(summary, view)

@@ -2,8 +2,8 @@
 
 A bundle is scored through ``edge.runtime.BundleModel.predict_window``, the device's own code path,
 so the cost of quantization is one comparison away: evaluate ``model.keras``, then the bundle.
-Held-out clips come from ``--run RUN_DIR`` or the run.json beside the model; for a bundle without
-either, every clip in DATA_DIR is scored (and the output says so).
+Held-out clips come from ``--run RUN_DIR``, the run.json beside a model, or the test clips a bundle's
+manifest records; without any of them every clip in DATA_DIR is scored (and the output says so).
 """
 
 from __future__ import annotations
@@ -42,8 +42,12 @@ def evaluate(
         labels, anomaly = run["labels"], run["anomaly_labels"]
     else:
         raise ds.DataError(f"{model}: no run.json beside the model; pass --run RUN_DIR (the folder `train` wrote)")
-    data = held_out(run, split, data_dir, cache, frames, size) if run else ds.load_dataset(
-        data_dir, labels, frames, size, cache)
+    recorded = manifest.training.get("test_clips") if is_bundle and run is None else None
+    if run is not None:
+        data = held_out(run, split, data_dir, cache, frames, size)
+    else:
+        only = set(recorded) if isinstance(recorded, list) else None
+        data = ds.load_dataset(data_dir, labels, frames, size, cache, only=only)
     predict = _bundle_predictor(model) if is_bundle else _keras_predictor(model)
     windows = ds.windows(data.clips, frames, representation)
     probs = predict(windows)
@@ -53,7 +57,7 @@ def evaluate(
         model=str(model),
         kind="bundle" if is_bundle else "keras",
         labels=labels,
-        clips_used="held-out test clips of the run" if run else "every clip in the data folder",
+        clips_used="held-out test clips of the run" if run or recorded else "every clip in the data folder",
         missing_test_clips=sorted(set(test_clips(run, split)) - {c.clip.name for c in data.clips}) if run else [],
     )
     return result

@@ -26,6 +26,7 @@ def find_run(model_path: Path) -> tuple[dict[str, Any], int] | None:
                 run = json.loads(record.read_text(encoding="utf-8"))
             except json.JSONDecodeError as exc:
                 raise ds.DataError(f"{record}: not valid JSON ({exc}); train again or pass --data") from None
+            run["run_dir"] = str(folder)  # where metrics.json and the other splits' models live
             return run, index
     return None
 
