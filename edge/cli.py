@@ -1,4 +1,4 @@
-"""``rclstm-edge``: run, check, demo, schema, install and uninstall.
+"""``rclstm-edge``: run, check, demo, schema, install, uninstall, replay and calibrate.
 
 Imports are deferred into the commands so ``rclstm-edge --help`` and a config error answer at once,
 and the daemon's start-up is not paid for by the commands that do not need OpenCV or the runtime.
@@ -66,6 +66,27 @@ def _parser() -> argparse.ArgumentParser:
     install.add_argument("--no-venv", action="store_true", help="do not create or update /opt/rclstm-edge/venv")
     install.add_argument("--skip-check", action="store_true", help="do not run `check` at the end")
 
+    replay = sub.add_parser("replay", help="the daemon's pipeline over a recording: annotated video, timeline, events")
+    replay.add_argument("video", type=Path, metavar="VIDEO")
+    replay.add_argument("--config", type=Path, help="TOML config file (default: built-in defaults)")
+    replay.add_argument("--camera", help="camera whose settings to use (default: the first)")
+    replay.add_argument("--model", help="bundle directory, or 'builtin' / 'demo' (default: the config's)")
+    replay.add_argument("--out", type=Path, required=True, help="folder for annotated.mp4, timeline.png, events.jsonl")
+    replay.add_argument("--no-plots", action="store_true", help="skip the timeline PNG (no matplotlib needed)")
+
+    calibrate = sub.add_parser("calibrate", help="choose a camera's threshold from its recordings without incidents")
+    calibrate.add_argument("recordings", nargs="*", type=Path, metavar="RECORDING")
+    calibrate.add_argument("--config", type=Path, required=True)
+    calibrate.add_argument("--camera", required=True, help="the camera the recordings come from")
+    calibrate.add_argument("--max-false-alarms-per-day", type=float, default=1.0, metavar="N")
+    labels = calibrate.add_mutually_exclusive_group()
+    labels.add_argument("--labelled", type=Path, metavar="DIR", help="recordings in one folder per label")
+    labels.add_argument("--intervals", type=Path, metavar="FILE", help="lines 'path start_s end_s' of incidents")
+    calibrate.add_argument("--model", help="bundle directory, or 'builtin' / 'demo' (default: the config's)")
+    calibrate.add_argument("--write", action="store_true", help="set the choice in the camera's [cameras.decision]")
+    calibrate.add_argument("--out", type=Path, default=Path("calibration"), help="folder for calibration.json/.png")
+    calibrate.add_argument("--no-plots", action="store_true", help="skip the curve PNG (no matplotlib needed)")
+
     uninstall = sub.add_parser("uninstall", help="remove the unit and venv (config and outbox kept unless --purge)")
     uninstall.add_argument("--root", type=Path, default=Path("/"))
     uninstall.add_argument("--purge", action="store_true", help="also remove config, credentials, outbox and user")
@@ -92,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             return _demo(args.broker)
         if args.command in ("install", "uninstall"):
             return _provision(args)
+        if args.command in ("replay", "calibrate"):
+            return _replay_or_calibrate(args)
         return _run(args)
     except ConfigError as exc:
         for problem in exc.problems:
@@ -150,6 +173,57 @@ def _provision(args: argparse.Namespace) -> int:
 
         return run_checks(args.root / "etc/rclstm-edge/config.toml")
     return EXIT_OK
+
+
+def _replay_or_calibrate(args: argparse.Namespace) -> int:
+    """Bad recordings, labels or camera ids are usage errors (2); no setting meeting the target is a failure (1)."""
+    import os
+
+    import cv2
+
+    # A broken recording gets one line from us; FFmpeg's and OpenCV's own complaints would bury it.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    set_log_level = getattr(cv2, "setLogLevel", None) or cv2.utils.logging.setLogLevel  # OpenCV 4 / 5
+    set_log_level(2)  # LOG_LEVEL_ERROR
+    from edge import logs
+    from edge.calibrate import CalibrationError
+    from edge.config import load_config
+    from edge.plots import PlotsMissing
+    from edge.replay import ReplayError
+
+    logs.setup("error")
+    config = load_config(args.config)
+    try:
+        if args.command == "replay":
+            from edge.replay import replay, summary
+
+            done = replay(args.video, args.out, config, camera_id=args.camera, config_path=args.config,
+                          model_spec=args.model, plots=not args.no_plots)
+            print(summary(done))
+            return EXIT_OK
+        from edge.calibrate import calibrate, report, write_decision, write_outputs
+
+        cal = calibrate(config, args.camera, args.recordings, target=args.max_false_alarms_per_day,
+                        config_path=args.config, labelled_dir=args.labelled, intervals_file=args.intervals,
+                        model_spec=args.model, progress=lambda line: print(line, file=sys.stderr))
+        print(report(cal))
+        for path in write_outputs(cal, args.out, plots=not args.no_plots):
+            print(f"wrote {path}")
+        if cal.chosen is None:
+            print(f"error: no threshold keeps camera {args.camera} at or under {args.max_false_alarms_per_day:g} "
+                  "false alarm(s)/day on these recordings; check them for incidents or retrain", file=sys.stderr)
+            return EXIT_FAIL
+        if args.write:
+            write_decision(args.config, args.camera, cal.chosen.threshold, cal.chosen.start_windows)
+            print(f"wrote threshold {cal.chosen.threshold:g}, start_windows {cal.chosen.start_windows} "
+                  f"to {args.config} (camera {args.camera})")
+        return EXIT_OK
+    except ReplayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (PlotsMissing, CalibrationError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
 
 
 def _parse_source(value: str) -> str | int:
