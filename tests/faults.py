@@ -8,7 +8,9 @@ subscriber records what the broker delivered ("received").
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,11 +24,16 @@ from typing import Any
 
 import tomli_w
 
-from tests.fixtures_broker import Broker
-from tests.test_daemon_e2e import EVENT_LINE
+from tests.fixtures_broker import Broker, Subscriber
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = "dev-faults"
+# The daemon's one line per event, written once the event is in the outbox.
+EVENT_LINE = re.compile(r"msg=event camera=\S+ type=(\S+) event_id=(\S+) seq=(\d+)")
+# Events that come often: every window above the threshold starts one, updates every half second.
+EAGER = {"threshold": 0.5, "start_windows": 1, "end_windows": 1, "cooldown_s": 0.0, "update_interval_s": 0.5}
+
+Key = tuple[str, str, int]  # (event_id, type, seq): what a consumer deduplicates on
 
 
 def camera(source: str | int, camera_id: str = "cam0", **settings: Any) -> dict[str, Any]:
@@ -80,8 +87,8 @@ class DaemonProcess:
             time.sleep(0.1)
         return True
 
-    def sent(self) -> list[tuple[str, int]]:
-        return [(m.group(1), int(m.group(2))) for m in EVENT_LINE.finditer(self.stderr)]
+    def sent(self) -> list[Key]:
+        return [(m.group(2), m.group(1), int(m.group(3))) for m in EVENT_LINE.finditer(self.stderr)]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         if self.proc.poll() is None:
@@ -137,7 +144,13 @@ class NotifySocket:
         self._thread.join(2)
 
 
-def tally(sent: list[tuple[str, int]], received: list[tuple[str, int]]) -> dict[str, int]:
+def received(sub: Subscriber) -> list[Key]:
+    """Every event message the subscriber got, duplicates included."""
+    events = [json.loads(m.payload) for m in list(sub.messages) if m.topic.endswith("/events")]
+    return [(e["event_id"], e["type"], e["seq"]) for e in events]
+
+
+def tally(sent: list[Key], received: list[Key]) -> dict[str, int]:
     """sent / received / duplicates / lost, as every fault test reports them."""
     copies = Counter(received)
     return {
