@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import jsonschema
 import pytest
 
 from edge.config import MqttConfig
@@ -90,6 +91,8 @@ def test_daemon_announces_cameras_to_home_assistant(mosquitto_broker, subscriber
     assert later.wait_for(lambda msgs: sum(m.topic.startswith(PREFIX) for m in msgs) == 2
                           and any(m.topic.endswith("/door/status") for m in msgs), 20)
     retained = {m.topic: m.payload for m in later.messages if m.retain}
+    status_schema = json.loads((ROOT / "docs" / "schemas" / "camera-status.json").read_text())
+    jsonschema.validate(json.loads(retained[f"rclstm/{DEVICE}/door/status"]), status_schema)
     configs = {topic: json.loads(payload) for topic, payload in retained.items() if topic.startswith(PREFIX + "/")}
     assert len(configs) == 2
 
@@ -138,7 +141,9 @@ def test_score_template_renders_the_stats_of_a_real_run(mosquitto_broker, subscr
     run_daemon(mosquitto_broker.url, video, tmp_path, homeassistant=True)
     assert configs.wait_for(lambda msgs: len(msgs) == 1, 20) and stats.wait_for(lambda msgs: len(msgs) >= 1, 20)
     template = json.loads(configs.messages[0].payload)["value_template"]
+    stats_schema = json.loads((ROOT / "docs" / "schemas" / "stats.json").read_text())
     for message in stats.messages:
+        jsonschema.validate(json.loads(message.payload), stats_schema)  # the real payload, the documented schema
         published = json.loads(message.payload)["cameras"]["door"]["score"]
         assert float(render(template, message.payload)) == pytest.approx(published)
         assert 0.0 <= published <= 1.0
