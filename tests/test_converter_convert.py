@@ -205,3 +205,29 @@ def test_inspect_shows_ops_runtimes_and_metrics(rclstm_bundle: Path, capsys: pyt
     assert "ops in classify:" in out and "FULLY_CONNECTED" in out
     assert "ai-edge-litert" in out
     assert "bundle (binary" in out
+
+
+def test_bundle_without_run_is_evaluated_on_the_clips_its_manifest_records(
+    rclstm_bundle: Path, trained_run: Path, synth_data: Path, frame_cache: Path
+) -> None:
+    from converter.evaluate import evaluate
+
+    result = evaluate(rclstm_bundle, synth_data, cache=frame_cache)
+    run = json.loads((trained_run / "run.json").read_text())
+    assert result["clips"] == len(run["test_clips"]) and result["clips_used"].startswith("held-out")
+
+
+def test_a_bundle_failing_the_parity_gate_is_refused_unless_forced(
+    trained_run: Path, frame_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import converter.convert
+
+    # No real float32 bundle disagrees with its model, so demand more than perfect agreement.
+    monkeypatch.setattr(converter.convert, "MIN_TOP1", 1.01)
+    args = ["convert", str(trained_run / "model.keras"), "--out", str(tmp_path / "b"), "--cache", str(frame_cache)]
+    assert main(args) == 1
+    assert "refused: bundle agrees with the Keras model on only 100.0%" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+    assert main([*args, "--force"]) == 0
+    assert read_manifest(tmp_path / "b").quantization == "float32"

@@ -78,3 +78,13 @@ def test_unknown_anomaly_class_is_refused(synth_data: Path, frame_cache: Path, t
     assert main(["train", str(synth_data), "--out", str(tmp_path / "run"), "--anomaly-classes", "riot",
                  "--cache", str(frame_cache)]) == 2
     assert "--anomaly-classes riot not among the classes calm, fight" in capsys.readouterr().err
+
+
+def test_group_folds_cover_every_clip_once(synth_data: Path, frame_cache: Path, tmp_path: Path) -> None:
+    out = tmp_path / "folds"
+    assert main(["train", str(synth_data), "--out", str(out), "--representation", "diff", "--folds", "3",
+                 "--epochs", "1", "--filters", "4", "--pools", "16", "--cache", str(frame_cache)]) == 0
+    run = json.loads((out / "run.json").read_text())
+    tested = [clip for split in run["splits"] for clip in split["test_clips"]]
+    assert len(run["splits"]) == 3 and len(tested) == len(set(tested)) == 24
+    assert json.loads((out / "metrics.json").read_text())["summary"]["runs"] == 3
