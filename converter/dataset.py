@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import cv2
 import numpy as np
@@ -31,8 +32,8 @@ from edge.preprocess import SCALE, Representation, prepare_frame, spread_indices
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".mpg", ".webm")
 DEFAULT_CACHE = Path(os.environ.get("RCLSTM_CACHE", Path.home() / ".cache" / "rclstm-edge"))
 _CACHE_FORMAT = 1
-Augment = str  # "none" | "flip" | "jitter" | "flip+jitter"
-AUGMENTS = ("none", "flip", "jitter", "flip+jitter")
+Augment = Literal["none", "flip", "jitter", "flip+jitter"]
+AUGMENTS: tuple[str, ...] = get_args(Augment)
 
 
 class DataError(Exception):

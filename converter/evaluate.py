@@ -33,16 +33,17 @@ def evaluate(
     else:
         found = None if is_bundle else find_run(model)
     run, split = found if found else (None, 0)
+    recorded = None
     if is_bundle:
         manifest = read_manifest(model)
         frames, size, representation = manifest.input.frames, manifest.input.height, manifest.input.representation
         labels, anomaly = manifest.labels, manifest.anomaly_labels
+        recorded = manifest.training.get("test_clips") if run is None else None
     elif run is not None:
         frames, size, representation = run["frames"], run["size"], run["representation"]
         labels, anomaly = run["labels"], run["anomaly_labels"]
     else:
         raise ds.DataError(f"{model}: no run.json beside the model; pass --run RUN_DIR (the folder `train` wrote)")
-    recorded = manifest.training.get("test_clips") if is_bundle and run is None else None
     if run is not None:
         data = held_out(run, split, data_dir, cache, frames, size)
     else:

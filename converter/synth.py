@@ -9,8 +9,9 @@ The shipped demo bundle (edge/models/demo-synth) was made with exactly:
     rclstm-convert synth /tmp/demo-data --clips-per-class 40 --seed 7 --size 160x120
     rclstm-convert train /tmp/demo-data --arch rclstm --out /tmp/demo-run --anomaly-classes fight \
         --representation diff --filters 8,16,16 --pools 4,4,2 --epochs 8 --seed 7 --learning-rate 0.003
+    RCLSTM_TFLITE_PYTHON=/work/venv-tfl/bin/python \
     rclstm-convert convert /tmp/demo-run/model.keras --out edge/models/demo-synth --quantize float32 \
-        --name demo-synth --version 1 --verify-python /work/venv-tfl/bin/python
+        --name demo-synth --version 1
 """
 
 from __future__ import annotations

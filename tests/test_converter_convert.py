@@ -231,3 +231,19 @@ def test_a_bundle_failing_the_parity_gate_is_refused_unless_forced(
     assert not (tmp_path / "b").exists()
     assert main([*args, "--force"]) == 0
     assert read_manifest(tmp_path / "b").quantization == "float32"
+
+
+def test_legacy_h5_model_without_a_run_converts_with_explicit_options(
+    trained_run: Path, synth_data: Path, frame_cache: Path, tmp_path: Path
+) -> None:
+    from converter.convert import ConvertOptions, convert
+
+    h5 = tmp_path / "legacy.h5"
+    _keras(trained_run / "model.keras").save(h5)
+    report = convert(ConvertOptions(model=h5, out=tmp_path / "b", quantize="dynamic", data=synth_data,
+                                    representation="diff", anomaly_classes=["fight"], cache=frame_cache))
+    manifest = report.manifest
+    assert manifest.input.representation == "diff" and manifest.anomaly_labels == ["fight"]
+    assert manifest.training == {}  # nothing recorded about a training it did not see
+    assert manifest.metrics["bundle"].clips == 24  # every clip in --data
+    assert report.parity["top1_agreement"] >= 0.99
