@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -121,9 +122,12 @@ def load_model(path: Path) -> Any:
         raise ConvertError(f"{path}: Keras cannot load it ({_one_line(exc)})") from None
 
 
-def _flex_ops(message: str) -> list[str]:
-    import re
+def out_name(out: Path) -> str:
+    """The default bundle name: the output folder's name."""
+    return Path(out).resolve().name
 
+
+def _flex_ops(message: str) -> list[str]:
     ops = set(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", message))
     ops |= set(re.findall(r"\bFlex([A-Z]\w+)", message))
     return sorted(ops)
@@ -333,6 +337,12 @@ def convert(opts: ConvertOptions) -> Report:
     data = held_out(run, split, opts.data, opts.cache, frames, size)
     labels = run["labels"] if run else data.labels
     anomaly = opts.anomaly_classes if opts.anomaly_classes is not None else (run["anomaly_labels"] if run else [])
+    name = opts.name or out_name(opts.out)
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", name):
+        raise ConvertError(f"--name {name!r}: use up to 100 letters, digits, '.', '_' or '-' (it is in every event)")
+    unknown = [a for a in anomaly if a not in labels]
+    if unknown:
+        raise ConvertError(f"--anomaly-classes {', '.join(unknown)} not among the labels {', '.join(labels)}")
     if int(model.output_shape[-1]) != len(labels):
         raise ConvertError(f"{opts.model}: model has {model.output_shape[-1]} outputs but there are {len(labels)} "
                            f"classes ({', '.join(labels)})")
@@ -377,7 +387,7 @@ def convert(opts: ConvertOptions) -> Report:
         sampling = run["sampling"] if run else ds.sampling_stats(data.clips, frames)
         view = "binary" if anomaly else "macro"
         manifest = Manifest(
-            name=opts.name or Path(opts.out).name,
+            name=name,
             version=opts.version,
             arch=arch,
             labels=labels,

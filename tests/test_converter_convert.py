@@ -247,3 +247,17 @@ def test_legacy_h5_model_without_a_run_converts_with_explicit_options(
     assert manifest.training == {}  # nothing recorded about a training it did not see
     assert manifest.metrics["bundle"].clips == 24  # every clip in --data
     assert report.parity["top1_agreement"] >= 0.99
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--anomaly-classes", "riot"], "--anomaly-classes riot not among the labels calm, fight"),
+    (["--name", "my model"], "--name 'my model': use up to 100 letters"),
+])
+def test_bad_bundle_identity_is_refused_before_converting(
+    extra: list[str], message: str, trained_run: Path, frame_cache: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = ["convert", str(trained_run / "model.keras"), "--out", str(tmp_path / "b"), "--cache", str(frame_cache)]
+    assert main([*args, *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
