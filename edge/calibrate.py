@@ -60,7 +60,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 START_WINDOWS = (1, 2, 3, 4)
-GRID = (*(round(0.01 * i, 2) for i in range(1, 100)), 1.0)
+# A threshold of 1 would mean "never alarm": the search stays below it.
+GRID = tuple(round(0.01 * i, 2) for i in range(1, 100))
 DIGITS = 4
 JSON_NAME = "calibration.json"
 PNG_NAME = "calibration.png"
@@ -192,7 +193,10 @@ def incidents(predictions: Sequence[Prediction], settings: DecisionConfig) -> li
 
 def just_above(score: float) -> float:
     """The smallest threshold with DIGITS decimals that a run scoring ``score`` does not reach."""
-    return round(math.floor(score * 10**DIGITS) / 10**DIGITS + 10**-DIGITS, DIGITS)
+    n = math.floor(score * 10**DIGITS) + 1
+    while round(n / 10**DIGITS, DIGITS) <= score:  # float rounding put the product just under an integer
+        n += 1
+    return round(n / 10**DIGITS, DIGITS)
 
 
 class _Sweep:
@@ -252,21 +256,24 @@ class _Sweep:
         i = len(GRID)
         while i > 0 and meets[i - 1]:
             i -= 1
-        if i == len(GRID):
-            return None
-        upper, lower = GRID[i], (GRID[i - 1] if i else 0.0)
-        best = upper
-        refined = sorted({just_above(r) for r in self.runs[k]} & _between(lower, upper), reverse=True)
+        # GRID[i:] all pass, so the answer lies in (GRID[i - 1], GRID[i]], or in (0.99, 1) when none does;
+        # counts change only where a threshold passes a run's score, so only those places are tried.
+        lower = GRID[i - 1] if i else 0.0
+        best = GRID[i] if i < len(GRID) else None
+        runs = self.runs[k]
+        near = runs[(runs >= lower - 2 * 10**-DIGITS) & (runs < (best or 1.0))]
+        refined = sorted({just_above(r) for r in near} & _between(lower, best or 1.0), reverse=True)
         for threshold in refined:
             if self.point(k, threshold).false_alarms_per_day > target:
                 break
             best = threshold
-        runs = self.runs[k]
+        if best is None:
+            return None
         below = runs[runs < best]
         highest = float(below.max()) if below.size else None
         if highest is not None and highest >= 10**-DIGITS:
             # The setting just under the quiet scores, for the curve: the cliff the margin measures.
-            self.point(k, math.floor(highest * 10**DIGITS) / 10**DIGITS)
+            self.point(k, round(math.floor(highest * 10**DIGITS) / 10**DIGITS, DIGITS))
         delays = self.delays(k, best)
         return Choice(self.point(k, best), highest, None if highest is None else best - highest,
                       max(delays) if delays else None)
