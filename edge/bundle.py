@@ -157,7 +157,8 @@ def sha256_file(path: Path) -> str:
 def _first_error(exc: ValidationError) -> str:
     problems = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "manifest"
+        # repr() for keys with line breaks or control characters keeps the error on one line.
+        where = ".".join(str(p) if str(p).isprintable() else repr(p) for p in err["loc"]) or "manifest"
         problems.append(f"{where}: {err['msg']}")
     return "; ".join(problems)
 

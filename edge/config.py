@@ -200,7 +200,8 @@ def format_errors(exc: ValidationError) -> list[str]:
     """One line per problem: key path, the offending value and what is allowed."""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        # repr() for keys with line breaks or control characters keeps each problem on one line.
+        loc = ".".join(str(p) if str(p).isprintable() else repr(p) for p in err["loc"]) or "(top level)"
         value = err.get("input")
         shown = "" if isinstance(value, dict) else f" = {value!r}"
         if err["type"] == "extra_forbidden":

@@ -116,6 +116,23 @@ class BundleModel:
                 f"{model_path}: input shape {declared} does not match the manifest's input spec "
                 f"{expected_input}; convert the model again"
             )
+        self._self_test(model_path)
+
+    def _self_test(self, model_path: Path) -> None:
+        """Run every signature once on zeros.
+
+        A damaged model (or a converter bug) can pass the sha256 and load, then fail when its tensors
+        are first allocated; finding that here gives a one-line error at start instead of a traceback
+        in a camera thread, and the first real frame does not pay for the allocation.
+        """
+        for name, signature in self._signatures.items():
+            shape = self.manifest.signatures[name].inputs[0].shape
+            try:
+                signature(np.zeros(shape, np.float32))
+            except (RuntimeError, ValueError) as exc:
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise BundleError(f"{model_path}: signature {name!r} cannot run ({reason}); convert the model again") \
+                    from None
 
     @property
     def streaming(self) -> bool:
