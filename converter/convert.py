@@ -91,6 +91,7 @@ class ConvertOptions:
     anomaly_classes: list[str] | None = None
     representation: Representation | None = None
     verify_python: Path | None = None
+    whole_window: bool = False  # an RCLSTM as one "window" signature: the benchmarks' baseline, not for devices
     cache: Path | None = ds.DEFAULT_CACHE
     log: Any = field(default=lambda message: print(message, file=sys.stderr, flush=True))
 
@@ -353,7 +354,7 @@ def convert(opts: ConvertOptions) -> Report:
     y = np.array([labels.index(item.clip.label) for item in items])
     keras_probs = model.predict(windows, batch_size=8, verbose=0)
 
-    twins = build_twins(model, arch)
+    twins = build_twins(model, arch, opts.whole_window)
     twin_diff = float(np.abs(twins.predict(windows) - keras_probs).max())
     if twin_diff > TWIN_TOLERANCE:
         raise ConvertError(f"inference twin differs from the trained model by {twin_diff:.2e} (> {TWIN_TOLERANCE})")

@@ -81,6 +81,22 @@ def rclstm_twins(model: keras.Model) -> Twins:
     return Twins(encoder=encoder, classifier=keras.Model(features_in, y, name="classifier"))
 
 
+def rclstm_window_twin(model: keras.Model) -> Twins:
+    """The RCLSTM as one whole-window model: every call runs the CNN on all T frames.
+
+    Devices run the streaming pair; this variant is the baseline the benchmarks measure it against
+    (``rclstm-convert convert --whole-window``). It uses the same per-frame encoder with time folded
+    into the batch, so the comparison is about the work done, not about a slower graph.
+    """
+    parts = rclstm_twins(model)
+    assert parts.encoder is not None and parts.classifier is not None
+    _, frames, height, width, channels = model.input_shape
+    frames_in = keras.Input(model.input_shape[1:], batch_size=1, name="frames")
+    features = parts.encoder(keras.ops.reshape(frames_in, (frames, height, width, channels)))
+    probs = parts.classifier(keras.ops.reshape(features, (1, frames, -1)))
+    return Twins(window=keras.Model(frames_in, probs, name="window"))
+
+
 def convlstm_twin(model: keras.Model) -> Twins:
     """The whole-window ConvLSTM at batch 1 with builtin-op friendly pooling."""
     frames_in = keras.Input(model.input_shape[1:], batch_size=1, name="frames")
@@ -98,5 +114,7 @@ def convlstm_twin(model: keras.Model) -> Twins:
     return Twins(window=keras.Model(frames_in, x, name="window"))
 
 
-def build_twins(model: keras.Model, arch: str) -> Twins:
-    return rclstm_twins(model) if arch == "rclstm" else convlstm_twin(model)
+def build_twins(model: keras.Model, arch: str, whole_window: bool = False) -> Twins:
+    if arch == "rclstm":
+        return rclstm_window_twin(model) if whole_window else rclstm_twins(model)
+    return convlstm_twin(model)
