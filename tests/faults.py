@@ -97,10 +97,10 @@ class DaemonProcess:
 
 
 def launch(config: Path, tmp_path: Path, *args: str, env: dict[str, str] | None = None,
-           name: str = "daemon") -> DaemonProcess:
+           name: str = "daemon", python: str | Path = sys.executable) -> DaemonProcess:
     out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
     with out.open("wb") as stdout, err.open("wb") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "edge", "run", "--config", str(config), *args],
+        proc = subprocess.Popen([str(python), "-m", "edge", "run", "--config", str(config), *args],
                                 stdout=stdout, stderr=stderr, cwd=ROOT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     return DaemonProcess(proc, out, err)
