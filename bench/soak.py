@@ -59,7 +59,11 @@ def soak(minutes: float, every_s: float, warmup_s: float, workdir: Path) -> dict
     broker.start()
     sub = Subscriber(broker, f"rclstm/{DEVICE}/#")
     stats_at: list[float] = []
-    sub.client.message_callback_add(f"rclstm/{DEVICE}/stats", lambda *a: stats_at.append(time.monotonic()))
+    def on_stats(client: Any, userdata: Any, message: Any) -> None:
+        stats_at.append(time.monotonic())
+        sub._on_message(client, userdata, message)  # still recorded with every other message
+
+    sub.client.message_callback_add(f"rclstm/{DEVICE}/stats", on_stats)
     config = write_config(workdir, [camera(str(v), f"cam{i}", loop=True) for i, v in enumerate(videos)], broker,
                           mqtt={"stats_interval_s": STATS_INTERVAL_S})
     daemon = launch(config, workdir)
