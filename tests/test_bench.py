@@ -1,0 +1,96 @@
+"""`python -m bench --quick` end to end on generated clips and the session's tiny model.
+
+Benchmarks are never timed assertions: this proves every benchmark runs on real components (the
+converter, both runtimes, the daemon as a process, a real mosquitto) and writes every table with
+rows whose values make sense (positive costs, agreement fractions, frames held, memory in range).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures_broker import mosquitto_binary
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLES = ("model_cost", "pipeline_overhead", "memory_startup", "latency", "accuracy", "scaling")
+
+
+@pytest.fixture(scope="module")
+def quick_results(trained_run: Path, synth_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    mosquitto_binary()  # fails with the install hint when the broker is missing
+    work = tmp_path_factory.mktemp("bench")
+    out = work / "quick.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--model", str(trained_run / "model.keras"),
+         "--data", str(synth_data), "--work", str(work / "cache"), "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "## Model cost per classification" in done.stdout
+    return json.loads(out.read_text())
+
+
+def test_every_table_has_rows_and_the_machine(quick_results: dict) -> None:
+    machine = quick_results["machine"]
+    assert machine["cpu"] and machine["cores"] >= 1 and machine["python"] and machine["ai_edge_litert"]
+    assert sorted(quick_results["tables"]) == sorted(TABLES)
+    for name in TABLES:
+        table = quick_results["tables"][name]
+        assert table["rows"], f"{name}: no rows ({table['notes']})"
+        assert not any(n.startswith("failed") for n in table["notes"]), table["notes"]
+        for row in table["rows"]:
+            assert set(row) <= set(table["columns"]), (name, row)
+
+
+def test_model_cost_rows_compare_three_paths_on_the_same_windows(quick_results: dict) -> None:
+    rows = quick_results["tables"]["model_cost"]["rows"]
+    assert {r["mode"] for r in rows} == {"float32", "dynamic"}
+    for row in rows:
+        assert row["a_keras_ms"] > 0 and row["b_window_ms"] > 0 and row["c_stream_ms"] > 0
+        assert row["a_over_c"] == pytest.approx(row["a_keras_ms"] / row["c_stream_ms"], rel=0.02)
+        for pair in ("a_b", "a_c", "b_c"):
+            assert 0.0 <= row[f"top1_agree_{pair}"] <= 1.0
+        # The whole-window bundle and the streaming pair are the same network in the same mode.
+        assert row["top1_agree_b_c"] == 1.0
+
+
+def test_pipeline_memory_and_scaling_figures_are_sane(quick_results: dict) -> None:
+    tables = quick_results["tables"]
+    overhead = {r["pipeline"]: r for r in tables["pipeline_overhead"]["rows"]}
+    assert overhead["bare OpenCV decode"]["cpu_s_per_video_s"] > 0
+    assert overhead["daemon --fast"]["cpu_s_long"] > overhead["daemon --fast"]["cpu_s_short"] > 0
+    assert 0 < overhead["daemon, real-time pacing"]["fps_held"] <= 26
+    assert tables["pipeline_overhead"]["stream"]["size"] == [640, 360]
+    runtimes = {r["runtime"]: r for r in tables["memory_startup"]["rows"]}
+    assert "ai-edge-litert" in runtimes
+    for row in runtimes.values():
+        assert 20 < row["peak_rss_mb"] < 2000
+        assert 0 < row["to_running_s"] <= row["to_first_window_s"]
+    assert [r["cameras"] for r in tables["scaling"]["rows"]] == [1, 2]
+    for row in tables["scaling"]["rows"]:
+        assert 0 < row["fps_held_min"] <= row["fps_held_mean"] <= 26 and row["cpu_cores"] > 0
+
+
+def test_latency_and_accuracy_rows(quick_results: dict) -> None:
+    tables = quick_results["tables"]
+    for row in tables["latency"]["rows"]:
+        assert row["detected"] in ("yes", "no") and row["goal_s"] > 0
+        assert row["latency_s"] is None or row["latency_s"] > 0
+    assert tables["latency"]["events_received"] >= 0
+    models = [r["model"] for r in tables["accuracy"]["rows"]]
+    assert models == ["keras (float32)", "bundle float32", "bundle dynamic"]
+    for row in tables["accuracy"]["rows"]:
+        assert row["clips"] > 0 and 0.0 <= row["accuracy"] <= 1.0 and row["size_kb"] > 0
+    assert all("ai-edge-litert" in r["runtimes"] for r in tables["accuracy"]["rows"][1:])
+
+
+def test_unknown_model_is_a_one_line_usage_error(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--model", str(tmp_path / "none.keras")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert "--model" in done.stderr and "no such file" in done.stderr
