@@ -49,7 +49,7 @@ from edge.bundle import (
     sha256_file,
     write_manifest,
 )
-from edge.preprocess import REPRESENTATIONS, Representation, channels_for
+from edge.preprocess import PREPROCESS_VERSION, REPRESENTATIONS, Representation, channels_for
 from edge.runtime import BundleModel
 
 QUANTIZATIONS: tuple[str, ...] = ("float32", "float16", "dynamic", "int8")
@@ -394,7 +394,7 @@ def convert(opts: ConvertOptions) -> Report:
             labels=labels,
             anomaly_labels=anomaly,
             input={"frames": frames, "height": size, "width": size, "channels": channels_for(representation),
-                   "representation": representation},
+                   "representation": representation, "preprocess_version": PREPROCESS_VERSION},
             sampling=Sampling(**sampling),
             quantization=opts.quantize,
             signatures=_signatures(model_file),

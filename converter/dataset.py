@@ -27,7 +27,14 @@ import cv2
 import numpy as np
 
 from converter.groups import assign_groups
-from edge.preprocess import SCALE, Representation, prepare_frame, spread_indices, window_inputs
+from edge.preprocess import (
+    PREPROCESS_VERSION,
+    SCALE,
+    Representation,
+    prepare_frame,
+    spread_indices,
+    window_inputs,
+)
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".mpg", ".webm")
 DEFAULT_CACHE = Path(os.environ.get("RCLSTM_CACHE", Path.home() / ".cache" / "rclstm-edge"))
@@ -115,7 +122,7 @@ def scan(data_dir: Path, classes: Sequence[str] | None = None) -> tuple[list[Cli
 
 def _cache_path(cache_dir: Path, path: Path, height: int, width: int) -> Path:
     stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_mtime_ns}|{stat.st_size}|{height}x{width}|{_CACHE_FORMAT}"
+    key = f"{path.resolve()}|{stat.st_mtime_ns}|{stat.st_size}|{height}x{width}|{_CACHE_FORMAT}|{PREPROCESS_VERSION}"
     return cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.npz"
 
 

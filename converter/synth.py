@@ -11,7 +11,7 @@ The shipped demo bundle (edge/models/demo-synth) was made with exactly:
         --representation diff --filters 8,16,16 --pools 4,4,2 --epochs 8 --seed 7 --learning-rate 0.003
     RCLSTM_TFLITE_PYTHON=/work/venv-tfl/bin/python \
     rclstm-convert convert /tmp/demo-run/model.keras --out edge/models/demo-synth --quantize float32 \
-        --name demo-synth --version 1
+        --name demo-synth --version 2
 """
 
 from __future__ import annotations

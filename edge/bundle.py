@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from edge.preprocess import Representation, channels_for
+from edge.preprocess import PREPROCESS_VERSION, Representation, channels_for
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -45,6 +45,8 @@ class InputSpec(_Strict):
     scale: float = Field(1.0 / 255.0, gt=0)
     representation: Representation = "rgb"
     dtype: Literal["float32"] = "float32"
+    # Which edge.preprocess.prepare_frame the model was trained with (1 = before the version was recorded).
+    preprocess_version: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _channels_match(self) -> InputSpec:
@@ -189,6 +191,12 @@ def load_bundle(bundle_dir: Path) -> tuple[Manifest, Path]:
     refusing it here is what lets an operator trust the model name and hash in every event.
     """
     manifest = read_manifest(bundle_dir)
+    if manifest.input.preprocess_version != PREPROCESS_VERSION:
+        raise BundleError(
+            f"{Path(bundle_dir) / MANIFEST_NAME}: the model was trained on frame preprocessing "
+            f"v{manifest.input.preprocess_version} but this rclstm-edge prepares frames with v{PREPROCESS_VERSION}; "
+            "train and convert the model again with this version"
+        )
     model_path = Path(bundle_dir) / manifest.model_file
     if not model_path.is_file():
         raise BundleError(f"{model_path}: missing; the bundle is incomplete, copy it again")

@@ -18,6 +18,9 @@ import numpy as np
 Representation = Literal["rgb", "diff", "rgb+diff"]
 REPRESENTATIONS: tuple[str, ...] = get_args(Representation)
 SCALE = 1.0 / 255.0
+# Bumped whenever prepare_frame's output changes: bundles record it, the device refuses a mismatch,
+# and the converter's decode cache is keyed on it.
+PREPROCESS_VERSION = 2
 
 
 class FrameError(ValueError):
@@ -36,26 +39,48 @@ def prepare_frame(frame: np.ndarray, height: int, width: int) -> np.ndarray:
 
     Cameras deliver odd frames (grayscale IR modes, BGRA from some MJPEG decoders, a 1x1 glitch
     after a reconnect); converting them here keeps every caller honest and gives one clear error
-    for what cannot be converted.
+    for what cannot be converted. The frame is shrunk before its colours are converted, so the
+    conversion touches 64x64 pixels instead of a whole camera frame.
     """
     if not isinstance(frame, np.ndarray) or frame.size == 0:
         raise FrameError("frame is empty")
     if frame.ndim == 3 and frame.shape[2] == 1:
         frame = frame[:, :, 0]
     if frame.ndim == 2:
-        rgb = cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
+        conversion = cv2.COLOR_GRAY2RGB
     elif frame.ndim == 3 and frame.shape[2] == 3:
-        rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        conversion = cv2.COLOR_BGR2RGB
     elif frame.ndim == 3 and frame.shape[2] == 4:
-        rgb = cv2.cvtColor(frame, cv2.COLOR_BGRA2RGB)
+        conversion = cv2.COLOR_BGRA2RGB
     else:
         raise FrameError(f"frame has shape {frame.shape}; expected HxW, HxWx1, HxWx3 or HxWx4")
-    if rgb.dtype != np.uint8:
-        raise FrameError(f"frame has dtype {rgb.dtype}; expected uint8")
-    if rgb.shape[0] != height or rgb.shape[1] != width:
-        shrinking = rgb.shape[0] >= height and rgb.shape[1] >= width
-        rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-    return rgb.astype(np.float32) * np.float32(SCALE)
+    if frame.dtype != np.uint8:
+        raise FrameError(f"frame has dtype {frame.dtype}; expected uint8")
+    small = cv2.cvtColor(shrink(frame, height, width), conversion)
+    return small.astype(np.float32) * np.float32(SCALE)
+
+
+def shrink(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Anti-aliased resize to ``width x height``, about 3x cheaper than one INTER_AREA pass.
+
+    OpenCV's area filter is fast only for whole-number ratios and costs about a millisecond for a
+    640x360 frame otherwise, which on a Pi would rival decoding itself. So the frame is first
+    shrunk by the largest whole factor that keeps it at least as large as the target (cropping
+    the few rows and columns that do not divide, at most factor - 1), then area-filtered the rest
+    of the way from a small image.
+    """
+    h, w = frame.shape[:2]
+    if (h, w) == (height, width):
+        return frame
+    factor = min(h // height, w // width)
+    if factor >= 2:
+        rows, cols = (h // factor), (w // factor)
+        frame = cv2.resize(frame[: rows * factor, : cols * factor], (cols, rows), interpolation=cv2.INTER_AREA)
+        h, w = rows, cols
+    if (h, w) == (height, width):
+        return frame
+    shrinking = h >= height and w >= width
+    return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
 def model_input(current: np.ndarray, previous: np.ndarray | None, representation: Representation) -> np.ndarray:

@@ -140,3 +140,11 @@ def test_verify_cli_reports_its_runtime(tmp_path: Path) -> None:
     assert json.loads(done.stdout)["runtime"] == "ai-edge-litert"
     with np.load(tmp_path / "out.npz") as out:
         assert out["probs"].shape == (2, 2)
+
+
+def test_bundle_trained_on_other_preprocessing_is_refused(demo_copy: Path) -> None:
+    """A model trained on frames prepared differently would run and quietly score worse; refuse it instead."""
+    _edit_manifest(demo_copy, input__preprocess_version=1)
+    with pytest.raises(BundleError, match=r"preprocessing v1 .* v2; train and convert the model again") as info:
+        load_bundle(demo_copy)
+    assert "\n" not in str(info.value)

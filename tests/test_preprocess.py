@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from converter import dataset as ds
-from edge.preprocess import FrameError, channels_for, model_input, prepare_frame, spread_indices, window_inputs
+from edge.preprocess import (
+    FrameError,
+    channels_for,
+    model_input,
+    prepare_frame,
+    shrink,
+    spread_indices,
+    window_inputs,
+)
 from edge.synthetic import render_clip, write_video
 
 
@@ -80,3 +88,14 @@ def test_flip_mirrors_the_window(video: Path, tmp_path: Path) -> None:
     flipped = [ds.window(item, 20, "rgb", np.random.default_rng(s), "flip") for s in range(8)]
     assert any(np.array_equal(w, plain[:, :, ::-1]) for w in flipped)
     assert any(np.array_equal(w, plain) for w in flipped)
+
+
+@pytest.mark.parametrize("shape", [(360, 640, 3), (720, 1280, 3), (361, 479, 3), (130, 64, 3), (64, 64, 3)])
+def test_two_step_shrink_stays_close_to_one_area_pass(shape: tuple[int, int, int]) -> None:
+    """The fast shrink is an anti-aliased area filter too: on a natural-looking frame it is within a few levels."""
+    rng = np.random.default_rng(0)
+    smooth = cv2.GaussianBlur(rng.integers(0, 256, shape, dtype=np.uint8), (0, 0), 3)
+    fast = shrink(smooth, 64, 64).astype(np.float32)
+    reference = cv2.resize(smooth, (64, 64), interpolation=cv2.INTER_AREA).astype(np.float32)
+    assert fast.shape == (64, 64, 3)
+    assert np.abs(fast - reference).mean() < 2.0
