@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from edge.models import resolve_bundle
+from edge.runtime import BundleModel
+
 # A generated dataset small enough to train in seconds and big enough for a group split.
 SYNTH_CLIPS_PER_CLASS = 12
 SYNTH_SIZE = (96, 72)
@@ -99,3 +102,9 @@ def convlstm_bundle(convlstm_run: Path, frame_cache: Path, tmp_path_factory: pyt
     convert(ConvertOptions(model=convlstm_run / "model.keras", out=out, quantize="float32", name="convlstm",
                            verify_python=tflite_python(), cache=frame_cache))
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_model() -> BundleModel:
+    """The committed demo bundle (edge/models/demo-synth), loaded once."""
+    return BundleModel(resolve_bundle("demo"))

@@ -9,21 +9,12 @@ import numpy as np
 import pytest
 
 from edge.classifier import StreamClassifier
-from edge.models import resolve_bundle
 from edge.preprocess import prepare_frame, window_inputs
 from edge.runtime import BundleModel
 from edge.sources import Frame
 from edge.synthetic import render_clip
 
 START = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
-
-
-@pytest.fixture(scope="module")
-def demo_model() -> BundleModel:
-    bundle = resolve_bundle("demo")
-    if not (bundle / "manifest.json").is_file():
-        pytest.skip("the demo bundle edge/models/demo-synth has not been built")
-    return BundleModel(bundle)
 
 
 def frames_of(images: list[np.ndarray], interval: float = 0.07) -> list[Frame]:

@@ -6,26 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
 from converter.cli import main
 from edge.preprocess import prepare_frame, spread_indices, window_inputs
 from edge.synthetic import render_clip, write_stream, write_video
-
-
-def _decode(path: Path) -> tuple[list[np.ndarray], float]:
-    capture = cv2.VideoCapture(str(path))
-    fps = capture.get(cv2.CAP_PROP_FPS)
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    capture.release()
-    return frames, fps
+from tests.media import read_frames
 
 
 def _motion(frames: list[np.ndarray]) -> float:
@@ -37,7 +24,7 @@ def _motion(frames: list[np.ndarray]) -> float:
 def test_clips_decode_with_the_requested_shape(tmp_path: Path, suffix: str) -> None:
     frames = render_clip("calm", 25, 80, 60, np.random.default_rng(0))
     assert all(f.shape == (60, 80, 3) and f.dtype == np.uint8 for f in frames)
-    decoded, fps = _decode(write_video(tmp_path / f"clip{suffix}", frames, 25))
+    decoded, fps = read_frames(write_video(tmp_path / f"clip{suffix}", frames, 25))
     assert len(decoded) == 25 and decoded[0].shape == (60, 80, 3) and fps == pytest.approx(25)
 
 
@@ -51,7 +38,7 @@ def test_fight_clips_carry_much_more_motion_than_calm_ones() -> None:
 def test_stream_segments_are_contiguous_and_share_one_scene(tmp_path: Path) -> None:
     spans = write_stream(tmp_path / "s.mp4", [("calm", 2), ("fight", 1.5), ("calm", 2)], fps=20, size=(96, 72))
     assert spans == [("calm", 0.0, 2.0), ("fight", 2.0, 3.5), ("calm", 3.5, 5.5)]
-    frames, _ = _decode(tmp_path / "s.mp4")
+    frames, _ = read_frames(tmp_path / "s.mp4")
     assert len(frames) == 110
     # The same background either side of each boundary: consecutive frames differ only where people move.
     for boundary in (40, 70):

@@ -9,26 +9,16 @@ from pathlib import Path
 
 import jsonschema
 import numpy as np
-import pytest
 
 from edge.config import CameraConfig, DecisionConfig
 from edge.decision import Transition
 from edge.events import Event, event_json, event_schema
-from edge.models import resolve_bundle
 from edge.pipeline import CameraPipeline
 from edge.runtime import BundleModel
 from edge.sources import CameraSource, Frame
 from edge.synthetic import render_clip, write_stream
 
 START = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
-
-
-@pytest.fixture(scope="module")
-def demo_model() -> BundleModel:
-    bundle = resolve_bundle("demo")
-    if not (bundle / "manifest.json").is_file():
-        pytest.skip("the demo bundle edge/models/demo-synth has not been built")
-    return BundleModel(bundle)
 
 
 class Sink:

@@ -19,18 +19,7 @@ from edge.preprocess import (
     window_inputs,
 )
 from edge.synthetic import render_clip, write_video
-
-
-def _read_all(path: Path) -> list[np.ndarray]:
-    capture = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    capture.release()
-    return frames
+from tests.media import read_frames
 
 
 @pytest.fixture()
@@ -44,7 +33,7 @@ def test_training_window_equals_the_device_path_bit_for_bit(video: Path, tmp_pat
     decoded, fresh = ds.load_clip(clip, 64, 64, tmp_path / "cache")
     cached, fresh_again = ds.load_clip(clip, 64, 64, tmp_path / "cache")
     assert fresh and not fresh_again
-    raw = _read_all(video)
+    raw, _ = read_frames(video)
     idx = spread_indices(len(raw), 21)
     device = window_inputs([prepare_frame(raw[i], 64, 64) for i in idx], representation)  # type: ignore[arg-type]
     for item in (decoded, cached):

@@ -21,6 +21,7 @@ import pytest
 from edge.config import Config
 from edge.replay import EVENTS_NAME, TIMELINE_NAME, VIDEO_NAME, Replay, border_width, replay
 from edge.synthetic import write_stream
+from tests.media import read_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 FPS = 25.0
@@ -46,18 +47,6 @@ def stream(tmp_path_factory: pytest.TempPathFactory) -> Stream:
 def replayed(stream: Stream, tmp_path_factory: pytest.TempPathFactory) -> Replay:
     config = Config.model_validate({"model": {"bundle": "demo"}})
     return replay(stream[0], tmp_path_factory.mktemp("replay"), config)
-
-
-def decode(path: Path) -> list[np.ndarray]:
-    capture = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, image = capture.read()
-        if not ok:
-            break
-        frames.append(image)
-    capture.release()
-    return frames
 
 
 def read_events(lines: str) -> list[dict[str, Any]]:
@@ -108,8 +97,8 @@ def test_replay_finds_the_incidents_the_daemon_finds(replayed: Replay, stream: S
 def test_annotated_video_keeps_every_frame_and_marks_the_open_incident(
     replayed: Replay, stream: Stream
 ) -> None:
-    original = decode(stream[0])
-    annotated = decode(replayed.video)
+    original = read_frames(stream[0])[0]
+    annotated = read_frames(replayed.video)[0]
     assert replayed.video.name == VIDEO_NAME
     assert len(annotated) == len(original) == replayed.scan.frames == round(sum(s for _, s in SEGMENTS) * FPS)
     assert annotated[0].shape == original[0].shape
