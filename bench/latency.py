@@ -16,6 +16,7 @@ from pathlib import Path
 from bench.common import Settings, Table, log_times, run_daemon
 from edge.bundle import read_manifest
 from edge.config import DecisionConfig
+from edge.mqtt import Topics
 from tests.faults import DEVICE, camera
 from tests.fixtures_broker import Broker, Subscriber, free_port
 
@@ -41,9 +42,10 @@ def run(settings: Settings, stream: dict, bundle: Path, source: str, anomaly: st
     broker.workdir.mkdir(exist_ok=True)
     broker.start()
     arrivals: list[tuple[float, dict]] = []
-    sub = Subscriber(broker, f"rclstm/{DEVICE}/#")
+    topics = Topics("rclstm", DEVICE)
+    sub = Subscriber(broker, f"{topics.base}/#")
     sub.client.message_callback_add(
-        f"rclstm/{DEVICE}/cameras/+/events", lambda c, u, m: arrivals.append((time.time(), json.loads(m.payload))))
+        topics.camera("+", "events"), lambda c, u, m: arrivals.append((time.time(), json.loads(m.payload))))
     try:
         done = run_daemon(work, [camera(stream["path"])], bundle, broker=broker)
         time.sleep(0.5)  # the last messages in flight

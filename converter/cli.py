@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from converter.dataset import AUGMENTS, DEFAULT_CACHE, DataError
+from converter.dataset import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_CACHE, DEFAULT_REPRESENTATION, DataError
 from edge.bundle import BundleError
 from edge.preprocess import REPRESENTATIONS
 from edge.runtime import RuntimeMissing
@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True, help="run directory to write")
     train.add_argument("--classes", type=_names, help="comma-separated subset of class folders")
     train.add_argument("--anomaly-classes", type=_names, default=[], help="classes that count as Anomaly")
-    train.add_argument("--representation", choices=REPRESENTATIONS, default="rgb")
+    train.add_argument("--representation", choices=REPRESENTATIONS, default=DEFAULT_REPRESENTATION,
+                       help=f"default {DEFAULT_REPRESENTATION} (rgb is the paper's)")
     train.add_argument("--epochs", type=int, help="default 70 (rclstm) / 50 (convlstm)")
     train.add_argument("--patience", type=int, help="default 15 (rclstm) / 10 (convlstm)")
     train.add_argument("--batch-size", type=int, default=4)
@@ -68,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     repeat.add_argument("--seeds", type=int, default=1, help="repeated splits with seeds SEED..SEED+N-1")
     repeat.add_argument("--folds", type=int, default=0, help="group k-fold cross-validation")
     train.add_argument("--split", choices=["group", "random"], default="group")
-    train.add_argument("--augment", choices=AUGMENTS, default="none")
+    train.add_argument("--augment", choices=AUGMENTS, default=DEFAULT_AUGMENT, help=f"default {DEFAULT_AUGMENT}")
     train.add_argument("--frames", type=int, default=20)
     train.add_argument("--size", type=int, default=64)
     train.add_argument("--filters", type=_ints, default=[16, 32, 64, 64])

@@ -41,6 +41,11 @@ DEFAULT_CACHE = Path(os.environ.get("RCLSTM_CACHE", Path.home() / ".cache" / "rc
 _CACHE_FORMAT = 1
 Augment = Literal["none", "flip", "jitter", "flip+jitter"]
 AUGMENTS: tuple[str, ...] = get_args(Augment)
+# Defaults chosen on the real CCTV fight data (group split, 3 seeds; README "The shipped model"):
+# frame differences carry the signal (RGB is at chance), and flip + temporal jitter lifted held-out
+# accuracy on every split (0.64/0.73/0.72 without, 0.72/0.80/0.76 with: 0.698 +/- 0.041 -> 0.760 +/- 0.033).
+DEFAULT_REPRESENTATION: Representation = "diff"
+DEFAULT_AUGMENT: Augment = "flip+jitter"
 
 
 class DataError(Exception):

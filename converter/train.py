@@ -38,7 +38,7 @@ class TrainOptions:
     arch: str = "rclstm"
     classes: list[str] | None = None
     anomaly_classes: list[str] = field(default_factory=list)
-    representation: Representation = "rgb"
+    representation: Representation = ds.DEFAULT_REPRESENTATION
     epochs: int = 70
     patience: int = 15
     batch_size: int = 4
@@ -46,7 +46,7 @@ class TrainOptions:
     seeds: int = 1
     folds: int = 0
     split: str = "group"
-    augment: str = "none"
+    augment: str = ds.DEFAULT_AUGMENT
     frames: int = 20
     size: int = 64
     filters: list[int] = field(default_factory=lambda: [16, 32, 64, 64])

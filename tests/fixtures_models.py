@@ -22,7 +22,7 @@ SYNTH_SIZE = (96, 72)
 SYNTH_FRAMES = (30, 40)
 # Settings for the tiny model: learnable on synth data in 3 epochs with the diff representation.
 TINY = {"filters": [8, 16, 16], "pools": [4, 4, 2], "epochs": 3, "patience": 3, "batch_size": 2,
-        "learning_rate": 3e-3}
+        "learning_rate": 3e-3, "augment": "none"}
 
 
 def tflite_python() -> Path | None:
