@@ -130,13 +130,14 @@ def unit_text() -> bytes:
     return resources.files("edge").joinpath("unit", UNIT_NAME).read_bytes()
 
 
-def _live(opts: InstallOptions) -> bool:
-    return opts.root.resolve() == Path("/")
+def _live(root: Path) -> bool:
+    """Whether this run changes the running system (users, systemctl) rather than a --root tree."""
+    return root.resolve() == Path("/")
 
 
 def validate(opts: InstallOptions) -> None:
     """Refuse bad flags before anything is written, with the same messages `check` would give."""
-    if _live(opts) and os.geteuid() != 0:
+    if _live(opts.root) and os.geteuid() != 0:
         raise InstallError("install must run as root (sudo), or use --root DIR to install into a directory tree")
     if not opts.cameras:
         raise InstallError("--camera is required at least once (ID=rtsp://... or a /dev/video path)")
@@ -153,7 +154,7 @@ def install(opts: InstallOptions) -> Report:
     validate(opts)
     report = Report()
     root = opts.root
-    live = _live(opts)
+    live = _live(opts.root)
     if live:
         _ensure_user(report)
     _mkdir(root / ETC, 0o755, report)
@@ -237,7 +238,7 @@ def _systemctl(report: Report, *args: str) -> None:
 def uninstall(root: Path = Path("/"), purge: bool = False) -> Report:
     """Remove the unit and the venv; keep config, credentials and the outbox unless ``purge``."""
     report = Report()
-    live = root.resolve() == Path("/")
+    live = _live(root)
     if live and os.geteuid() != 0:
         raise InstallError("uninstall must run as root (sudo), or use --root DIR")
     if live:

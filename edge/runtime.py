@@ -50,12 +50,18 @@ def open_interpreter(model_path: Path, num_threads: int = 1, runtime: RuntimeNam
         try:
             interpreter = module.Interpreter(model_path=str(model_path), num_threads=num_threads)
         except (ValueError, RuntimeError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = _first_line(exc)
             raise BundleError(f"{model_path}: {dist} cannot load it ({reason}); convert the model again") from None
         return interpreter, RuntimeInfo(dist, _version(dist))
     if runtime != "auto":
         raise RuntimeMissing(f"runtime {runtime} is not installed; {INSTALL_HINT}")
     raise RuntimeMissing(INSTALL_HINT)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The runtime's error in one line: its messages carry multi-line C++ context nobody needs."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _version(dist: str) -> str:
@@ -130,7 +136,7 @@ class BundleModel:
             try:
                 signature(np.zeros(shape, np.float32))
             except (RuntimeError, ValueError) as exc:
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                reason = _first_line(exc)
                 raise BundleError(f"{model_path}: signature {name!r} cannot run ({reason}); convert the model again") \
                     from None
 
