@@ -182,7 +182,7 @@ def incidents(predictions: Sequence[Prediction], settings: DecisionConfig) -> li
     out: list[tuple[float, float]] = []
     transitions = [t for p in predictions for t in decider.update(p)]
     if predictions:
-        transitions += decider.close(predictions[-1].wall, predictions[-1].ts)
+        transitions += decider.close(predictions[-1].wall, predictions[-1].ts, "stopped")
     for t in transitions:
         if t.kind == "start":
             alerts[t.incident_id] = t.ts

@@ -23,11 +23,11 @@ from edge import __version__, systemd
 from edge.config import CameraConfig, Config, resolve_password
 from edge.decision import Transition
 from edge.discovery import ANOMALY_OFF, ANOMALY_ON, discovery_configs
-from edge.events import Event, event_json
+from edge.events import Event, event_json, interrupted_end
 from edge.messages import CameraStats, CameraStatus, Stats, message_json
 from edge.models import resolve_bundle
 from edge.mqtt import Publisher, Topics
-from edge.outbox import Outbox
+from edge.outbox import IncidentMark, Outbox
 from edge.pipeline import CameraPipeline
 from edge.runtime import BundleModel
 from edge.sources import CameraSource
@@ -150,6 +150,7 @@ class Daemon:
         log.info("model %s %s loaded (%s %s, sha256 %s...)", manifest.name, manifest.version,
                  models[0].runtime.name, models[0].runtime.version, manifest.sha256[:12])
         self._start_mqtt()
+        self._close_interrupted()
         self._announce(f"{manifest.name} {manifest.version}")
         try:
             pairs = zip(self.config.cameras, models, strict=True)
@@ -218,28 +219,49 @@ class Daemon:
     # -- callbacks from camera threads ------------------------------------------------------------
 
     def _emit(self, camera: CameraConfig, event: Event, transition: Transition) -> None:
-        payload = event_json(event)
-        self.events_emitted += 1
-        if self.publisher is not None and self.outbox is not None:
-            # Stored before it is logged or sent: an event that appears in the log is on disk.
-            topic = self.topics.camera(camera.id, "events")
-            if self.outbox.put(topic, payload) is None:
-                self.publisher.publish_direct(topic, payload)
-            else:
-                self.publisher.notify()
+        self._deliver(self.topics.camera(camera.id, "events"), event)
+        if self.publisher is not None:
             if event.type != "update":
                 state = ANOMALY_ON if event.type == "start" else ANOMALY_OFF
                 self.publisher.set_state(self.topics.camera(camera.id, "anomaly"), state.encode())
             if self.config.mqtt.snapshots and event.type == "end" and transition.peak_frame is not None:
                 self._snapshot(camera, transition)
-        log.info("event", extra={"fields": {
-            "camera": camera.id, "type": event.type, "event_id": event.event_id, "seq": event.seq,
-            "label": event.label, "score": event.score, "peak": event.peak_score,
-        }})
+
+    def _deliver(self, topic: str, event: Event) -> None:
+        payload = event_json(event)
+        self.events_emitted += 1
+        if self.publisher is not None and self.outbox is not None:
+            # Stored before it is logged or sent: an event that appears in the log is on disk.
+            mark = IncidentMark(str(event.event_id), open=event.type != "end")
+            if self.outbox.put(topic, payload, incident=mark) is None:
+                self.publisher.publish_direct(topic, payload)
+            else:
+                self.publisher.notify()
+        fields = {"camera": event.camera_id, "type": event.type, "event_id": event.event_id, "seq": event.seq,
+                  "label": event.label, "score": event.score, "peak": event.peak_score}
+        if event.end_reason is not None:
+            fields["end_reason"] = event.end_reason
+        log.info("event", extra={"fields": fields})
         if self.print_events:
             with self._out_lock:
                 self.out.write(payload.decode() + "\n")
                 self.out.flush()
+
+    def _close_interrupted(self) -> None:
+        """End the incidents a previous run died with (SIGKILL, power cut, watchdog), before any new one starts."""
+        if self.outbox is None:
+            return
+        for event_id, topic, payload in self.outbox.left_open():
+            try:
+                last = Event.model_validate_json(payload)
+            except ValueError as exc:
+                log.error("incident %s left open by the previous run cannot be closed: its last message does not "
+                          "parse (%s); dropped", event_id, str(exc).splitlines()[0])
+                self.outbox.forget_open(event_id)
+                continue
+            log.warning("incident %s on camera %s was left open by the previous run; closing it as interrupted",
+                        event_id, last.camera_id)
+            self._deliver(topic, interrupted_end(last))
 
     def _snapshot(self, camera: CameraConfig, transition: Transition) -> None:
         from edge.snapshot import encode_jpeg

@@ -27,6 +27,10 @@ from edge.classifier import Prediction
 from edge.config import DecisionConfig
 
 TransitionKind = Literal["start", "update", "end"]
+# Why an incident ended: calm windows; the camera was lost; the stream ended or the daemon stopped;
+# the daemon died with it open and the next start closed it (the backend weighs each differently:
+# only "calm" says the scene is known to be quiet again).
+EndReason = Literal["calm", "camera_lost", "stopped", "interrupted"]
 # Where the hysteresis stands: no qualifying run, a run building up to start_windows, an incident
 # open, or an incident just ended and the cooldown not yet over.
 Phase = Literal["idle", "pending", "open", "cooldown"]
@@ -50,6 +54,7 @@ class Transition:
     peak_frame: np.ndarray | None
     emitted_at: datetime  # wall time of the window (or frame) that caused this transition
     ts: float
+    end_reason: EndReason | None = None
 
 
 @dataclass
@@ -126,17 +131,17 @@ class Decider:
             incident.below.append(pred.anomaly_score)
             if len(incident.below) >= self.settings.end_windows:
                 self._cooldown_until = pred.ts + self.settings.cooldown_s
-                return [self._end(pred.wall, pred.ts, pred.anomaly_score)]
+                return [self._end(pred.wall, pred.ts, pred.anomaly_score, "calm")]
         if pred.ts - incident.last_emit_ts >= self.settings.update_interval_s:
             return [self._emit(incident, "update", pred.wall, pred.ts, pred.anomaly_score)]
         return []
 
-    def close(self, wall: datetime, ts: float) -> list[Transition]:
+    def close(self, wall: datetime, ts: float, reason: EndReason) -> list[Transition]:
         """End an open incident because the stream ended or was lost (no cooldown: the scene did not calm)."""
         self._run.clear()
         if self._open is None:
             return []
-        return [self._end(wall, ts, self._open.last_score)]
+        return [self._end(wall, ts, self._open.last_score, reason)]
 
     def _idle(self, pred: Prediction, above: bool) -> list[Transition]:
         if self._cooldown_until is not None and pred.ts < self._cooldown_until:
@@ -158,11 +163,11 @@ class Decider:
         self.incidents += 1
         return [self._emit(incident, "start", pred.wall, pred.ts, pred.anomaly_score)]
 
-    def _end(self, wall: datetime, ts: float, score: float) -> Transition:
+    def _end(self, wall: datetime, ts: float, score: float, reason: EndReason) -> Transition:
         incident = self._open
         assert incident is not None
         self._open = None
-        return self._emit(incident, "end", wall, ts, score, ended_at=incident.last_above.wall)
+        return self._emit(incident, "end", wall, ts, score, ended_at=incident.last_above.wall, end_reason=reason)
 
     def _emit(
         self,
@@ -172,6 +177,7 @@ class Decider:
         ts: float,
         score: float,
         ended_at: datetime | None = None,
+        end_reason: EndReason | None = None,
     ) -> Transition:
         transition = Transition(
             kind=kind,
@@ -188,6 +194,7 @@ class Decider:
             peak_frame=incident.peak.frame,
             emitted_at=wall,
             ts=ts,
+            end_reason=end_reason,
         )
         incident.seq += 1
         incident.last_emit_ts = ts

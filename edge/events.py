@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from edge.bundle import Manifest
-from edge.decision import Transition
+from edge.decision import EndReason, Transition
 
 SCHEMA_ID = "urn:rclstm-edge:schema:event:1"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -72,6 +72,11 @@ class Event(_Strict):
         description="Frame time of the last window at/above threshold (null before the end)."
     )
     emitted_at: UtcDatetime = Field(description="Frame time of the window that caused this message.")
+    end_reason: EndReason | None = Field(
+        description="Why the incident ended (null before the end): 'calm' windows below the threshold; "
+        "'camera_lost'; 'stopped' (the stream ended or the daemon stopped); 'interrupted' (the daemon died "
+        "with the incident open and its next start closed it at the last message sent)."
+    )
     model: ModelRef
 
 
@@ -93,8 +98,19 @@ def build_event(transition: Transition, device_id: str, site: str, camera_id: st
         started_at=transition.started_at,
         ended_at=transition.ended_at,
         emitted_at=transition.emitted_at,
+        end_reason=transition.end_reason,
         model=ModelRef(name=manifest.name, version=manifest.version, sha256=manifest.sha256),
     )
+
+
+def interrupted_end(last: Event) -> Event:
+    """The end of an incident whose daemon died after sending ``last`` (its start or an update).
+
+    Nothing is known past ``last``, so the incident ends at its frame time. Built only from ``last``,
+    so closing it again after yet another crash gives the same bytes and consumers deduplicate it.
+    """
+    return last.model_copy(update={"type": "end", "seq": last.seq + 1, "ended_at": last.emitted_at,
+                                   "end_reason": "interrupted"})
 
 
 def _score(value: float) -> float:

@@ -9,6 +9,10 @@ survives a power cut (NORMAL in WAL mode may lose the last commits). The table i
 and bytes: on a device that stays offline for weeks the oldest events are dropped, counted and
 logged, rather than filling the SD card. SQLite errors (disk full, I/O errors) never reach the
 caller as exceptions: the daemon keeps running, and they are counted and logged.
+
+The same database remembers, per open incident, the last message sent about it, in the same
+transaction as that message: a daemon that dies with an incident open (SIGKILL, power cut) finds it
+at its next start and closes it, so a backend never keeps an incident open forever.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ CREATE TABLE IF NOT EXISTS messages (
     created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS open_incidents (event_id TEXT PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL);
 """
 
 
@@ -42,6 +47,13 @@ class Row(NamedTuple):
     payload: bytes
     qos: int
     retain: bool
+
+
+class IncidentMark(NamedTuple):
+    """Which incident a message belongs to and whether the incident is still open after it."""
+
+    event_id: str
+    open: bool
 
 
 class Outbox:
@@ -97,19 +109,24 @@ class Outbox:
         row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
         return int(row[0]) if row else 0
 
-    def put(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int | None:
-        """Store a message; its row id, or None when SQLite failed (counted in ``errors`` and logged)."""
+    def put(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+            incident: IncidentMark | None = None) -> int | None:
+        """Store a message; its row id, or None when SQLite failed (counted in ``errors`` and logged).
+
+        With ``incident``, the message is also remembered as the incident's last one while it is open,
+        and forgotten with the message that ends it.
+        """
         size = len(payload) + len(topic.encode())
         with self._lock:
             try:
-                return self._insert(topic, payload, qos, retain, size)
+                return self._insert(topic, payload, qos, retain, size, incident)
             except sqlite3.Error as exc:
                 if _is_full(exc) and self._rows:
                     # Disk full: freeing the oldest rows releases pages SQLite can reuse for this one.
                     log.warning("outbox: disk full; dropping the oldest message to make room")
                     try:
                         self._drop_oldest(1)
-                        return self._insert(topic, payload, qos, retain, size)
+                        return self._insert(topic, payload, qos, retain, size, incident)
                     except sqlite3.Error as again:
                         exc = again
                 self.errors += 1
@@ -117,7 +134,8 @@ class Outbox:
                           topic, exc)
                 return None
 
-    def _insert(self, topic: str, payload: bytes, qos: int, retain: bool, size: int) -> int:
+    def _insert(self, topic: str, payload: bytes, qos: int, retain: bool, size: int,
+                incident: IncidentMark | None) -> int:
         overflow_rows = max(0, self._rows + 1 - self.max_rows)
         self._db.execute("BEGIN IMMEDIATE")
         try:
@@ -125,6 +143,11 @@ class Outbox:
                 "INSERT INTO messages (topic, payload, qos, retain, created) VALUES (?, ?, ?, ?, ?)",
                 (topic, sqlite3.Binary(payload), qos, int(retain), time.time()),
             )
+            if incident is not None and incident.open:
+                self._db.execute("INSERT OR REPLACE INTO open_incidents (event_id, topic, payload) VALUES (?, ?, ?)",
+                                 (incident.event_id, topic, sqlite3.Binary(payload)))
+            elif incident is not None:
+                self._db.execute("DELETE FROM open_incidents WHERE event_id = ?", (incident.event_id,))
             dropped = self._evict(overflow_rows, self._bytes + size - self.max_bytes, exclude=cursor.lastrowid)
             self._db.execute("COMMIT")
         except BaseException:
@@ -210,6 +233,26 @@ class Outbox:
                 # The row stays and is sent again after a restart: a duplicate, never a loss.
                 self.errors += 1
                 log.error("outbox: cannot delete acknowledged message %d (%s)", row_id, exc)
+
+    def left_open(self) -> list[tuple[str, str, bytes]]:
+        """(event id, topic, last message) of every incident a previous run left open, oldest message first."""
+        with self._lock:
+            try:
+                rows = self._db.execute("SELECT event_id, topic, payload FROM open_incidents ORDER BY rowid").fetchall()
+            except sqlite3.Error as exc:
+                self.errors += 1
+                log.error("outbox: cannot read open incidents (%s)", exc)
+                return []
+        return [(event_id, topic, bytes(payload)) for event_id, topic, payload in rows]
+
+    def forget_open(self, event_id: str) -> None:
+        """Drop an open incident that cannot be closed (its last message no longer parses)."""
+        with self._lock:
+            try:
+                self._db.execute("DELETE FROM open_incidents WHERE event_id = ?", (event_id,))
+            except sqlite3.Error as exc:
+                self.errors += 1
+                log.error("outbox: cannot forget open incident %s (%s)", event_id, exc)
 
     def depth(self) -> int:
         return self._rows

@@ -17,7 +17,7 @@ from typing import Any
 
 from edge.classifier import Prediction, StreamClassifier
 from edge.config import CameraConfig, DecisionConfig
-from edge.decision import Decider, Transition
+from edge.decision import Decider, EndReason, Transition
 from edge.events import Event, build_event
 from edge.runtime import BundleModel
 from edge.sampler import Sampler
@@ -74,13 +74,13 @@ class CameraPipeline:
 
     def gap(self) -> None:
         """The source was lost: close an open incident at the last frame and start the window afresh."""
-        self._close()
+        self._close("camera_lost")
         self.sampler.reset()
         self.classifier.reset()
 
     def finish(self) -> None:
         """End of stream or shutdown: close an open incident at the last frame seen."""
-        self._close()
+        self._close("stopped")
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -96,9 +96,9 @@ class CameraPipeline:
             "events": self.events,
         }
 
-    def _close(self) -> None:
+    def _close(self, reason: EndReason) -> None:
         if self._last is not None:
-            self._publish(self.decider.close(self._last.wall, self._last.ts))
+            self._publish(self.decider.close(self._last.wall, self._last.ts, reason))
 
     def _publish(self, transitions: list[Transition]) -> None:
         for transition in transitions:

@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import jsonschema
 import pytest
 
+from edge.outbox import IncidentMark, Outbox
 from edge.synthetic import write_stream
 from tests.fixtures_broker import PASSWORD, Broker, Subscriber
 
@@ -180,6 +182,40 @@ def test_broker_outage_and_sigkill_lose_no_event(broker_factory, subscriber, str
     print(f"sent {len(sent)} received {len(received)} duplicates {duplicates} lost {len(lost)}")
     assert len(sent) >= 4 and not lost
     assert set(received) <= set(sent), "received an event nobody sent"
+    # Every incident ends, also the one the SIGKILL left open (closed by the second start).
+    ends = {e["event_id"]: e["end_reason"] for e in events_of(sub) if e["type"] == "end"}
+    assert {e["event_id"] for e in events_of(sub)} == set(ends), "an incident never ended"
+    print("end reasons:", dict(Counter(ends.values())))
+
+
+def test_incident_left_open_by_a_dead_daemon_is_closed_at_the_next_start(mosquitto_broker, subscriber, stream,
+                                                                          event_schema, tmp_path):
+    video, _ = stream
+    sub = subscriber(mosquitto_broker, f"rclstm/{DEVICE}/+/events")
+    config = write_config(tmp_path, video, mosquitto_broker)
+    # What a daemon killed mid-incident leaves on disk: the start in the outbox (sent or not) and
+    # marked open. The example start is from the docs, so it is also a real, valid message.
+    example = next(line for line in (ROOT / "docs" / "mqtt.md").read_text().splitlines()
+                   if line.startswith('{"schema_version"') and '"type":"update"' in line)
+    last = json.loads(example)
+    box = Outbox(tmp_path / "state" / "outbox.db")
+    box.put(f"rclstm/{DEVICE}/{last['camera_id']}/events", example.encode(),
+            incident=IncidentMark(last["event_id"], open=True))
+    box.close()
+    code, _, err = finish(start_daemon(config))
+    assert code == 0, err
+    assert "left open by the previous run" in err
+    assert sub.wait_for(lambda msgs: sent_keys(err) == received_keys(sub)[1:], 30)
+    events = events_of(sub)
+    for event in events:
+        jsonschema.validate(event, event_schema)
+    replayed, closed = events[0], events[1]
+    assert replayed == last
+    assert (closed["event_id"], closed["type"], closed["seq"], closed["end_reason"]) == (
+        last["event_id"], "end", last["seq"] + 1, "interrupted")
+    assert closed["ended_at"] == closed["emitted_at"] == last["emitted_at"]
+    assert all(e["event_id"] != last["event_id"] for e in events[2:]), "the next run started afresh"
+    assert Outbox(tmp_path / "state" / "outbox.db").left_open() == []
 
 
 def test_sigkill_leaves_the_will_offline(mosquitto_broker, subscriber, stream, tmp_path):

@@ -59,6 +59,7 @@ def test_start_needs_consecutive_windows_and_end_needs_consecutive_below() -> No
     assert end.emitted_at == at(9)
     assert start.incident_id == end.incident_id and uuid.UUID(start.incident_id).version == 4
     assert [start.seq, end.seq] == [0, 1]
+    assert (start.end_reason, end.end_reason) == (None, "calm")
     # Windows from the first qualifying one to the last above, dips included; the tail is not.
     assert end.windows == 5
     assert end.mean_score == pytest.approx(np.mean([0.6, 0.8, 0.2, 0.3, 0.7]))
@@ -114,10 +115,10 @@ def test_top_label_is_the_most_frequent_anomaly_label_ties_to_the_peak() -> None
 def test_close_ends_an_open_incident_without_cooldown() -> None:
     decider = Decider(settings(start_windows=1, cooldown_s=60.0))
     feed(decider, [0.8, 0.9, 0.2])
-    closed = decider.close(at(2.5), 2.5)
-    assert [t.kind for t in closed] == ["end"]
+    closed = decider.close(at(2.5), 2.5, "camera_lost")
+    assert [t.kind for t in closed] == ["end"] and closed[0].end_reason == "camera_lost"
     assert closed[0].ended_at == at(1) and closed[0].emitted_at == at(2.5) and closed[0].score == pytest.approx(0.2)
-    assert decider.close(at(3), 3.0) == []  # nothing open any more
+    assert decider.close(at(3), 3.0, "stopped") == []  # nothing open any more
     # A stream that comes back after a loss may start a new incident at once.
     assert [t.kind for t in decider.update(pred(3.0, 0.9))] == ["start"]
 
@@ -125,7 +126,7 @@ def test_close_ends_an_open_incident_without_cooldown() -> None:
 def test_close_forgets_a_partial_run() -> None:
     decider = Decider(settings(start_windows=2))
     decider.update(pred(0, 0.9))
-    assert decider.close(at(0.5), 0.5) == []
+    assert decider.close(at(0.5), 0.5, "camera_lost") == []
     assert decider.update(pred(1, 0.9)) == []  # the window before the gap does not count
 
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from edge.bundle import Manifest
 from edge.config import DecisionConfig
 from edge.decision import Decider, Transition
-from edge.events import Event, build_event, event_json, event_schema
+from edge.events import Event, build_event, event_json, event_schema, interrupted_end
 from tests.test_decision import pred
 
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "edge" / "schemas" / "event.json"
@@ -85,7 +85,20 @@ def test_lifecycle_messages_are_valid_and_ordered() -> None:
     assert start["ended_at"] is None and start["label"] == "fight"
     assert end["ended_at"] == "2024-05-01T12:00:13Z" and end["emitted_at"] == "2024-05-01T12:00:14.500000Z"
     assert end["peak_score"] == 0.95 and end["windows"] == 3 and end["score"] == 0.1
+    assert start["end_reason"] is None and end["end_reason"] == "calm"
     assert end["mean_score"] == pytest.approx((0.9 + 0.95 + 0.7) / 3, abs=1e-4)
+
+
+def test_interrupted_end_follows_the_last_message_sent() -> None:
+    """What the next start sends for an incident its daemon died with: valid, next seq, same bytes twice."""
+    last = events()[1]  # the daemon died after the first update
+    end = interrupted_end(last)
+    validator().validate(json.loads(event_json(end)))
+    assert (end.type, end.seq, end.end_reason) == ("end", last.seq + 1, "interrupted")
+    assert end.ended_at == end.emitted_at == last.emitted_at
+    assert (end.event_id, end.started_at, end.peak_score, end.windows) == (
+        last.event_id, last.started_at, last.peak_score, last.windows)
+    assert event_json(interrupted_end(Event.model_validate_json(event_json(last)))) == event_json(end)
 
 
 def test_same_transition_gives_byte_identical_payload() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.outbox import Outbox
+from edge.outbox import IncidentMark, Outbox
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,6 +32,22 @@ def test_put_pending_ack_in_order(tmp_path: Path) -> None:
     assert box.depth() == 3
     row = box.pending()[0]
     assert (row.payload, row.qos, row.retain) == (b"payload 1", 1, False)
+
+
+def test_open_incidents_are_remembered_with_their_last_message_until_the_end(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "outbox.db")
+    box.put("cam/a/events", b"a start", incident=IncidentMark("a", open=True))
+    box.put("cam/b/events", b"b start", incident=IncidentMark("b", open=True))
+    box.put("cam/a/events", b"a update", incident=IncidentMark("a", open=True))
+    box.put("stats", b"not an incident")
+    box.put("cam/b/events", b"b end", incident=IncidentMark("b", open=False))
+    for row in box.pending():
+        box.ack(row.id)  # acknowledged or not, an incident stays open until its end is stored
+    box.close()
+    again = Outbox(tmp_path / "outbox.db")
+    assert again.left_open() == [("a", "cam/a/events", b"a update")]
+    again.forget_open("a")
+    assert again.left_open() == []
 
 
 def test_unacknowledged_rows_survive_reopen(tmp_path: Path) -> None:
@@ -79,7 +95,7 @@ def test_garbage_file_is_moved_aside(tmp_path: Path, caplog: pytest.LogCaptureFi
 WRITER = textwrap.dedent(
     """
     import sys
-    from edge.outbox import Outbox
+    from edge.outbox import IncidentMark, Outbox
     box = Outbox(sys.argv[1])
     i = 0
     while True:
@@ -116,7 +132,7 @@ def test_sigkill_mid_write_keeps_every_committed_row(tmp_path: Path) -> None:
 DISK_FULL = textwrap.dedent(
     """
     import resource, signal, sys
-    from edge.outbox import Outbox
+    from edge.outbox import IncidentMark, Outbox
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     box = Outbox(sys.argv[1])

@@ -100,7 +100,7 @@ def test_finish_closes_an_incident_still_open_at_the_end(demo_model: BundleModel
         chain.process(frame)
     assert sink.events[0].type == "start" and chain.stats()["incident_open"]
     chain.finish()
-    assert sink.events[-1].type == "end"
+    assert sink.events[-1].type == "end" and sink.events[-1].end_reason == "stopped"
     assert sink.events[-1].emitted_at == frames[-1].wall
     chain.finish()  # nothing left to close
     assert [e.type for e in sink.events].count("end") == 1
@@ -116,6 +116,7 @@ def test_gap_closes_the_incident_and_needs_a_fresh_window(demo_model: BundleMode
     windows_before = chain.stats()["windows"]
     chain.gap()
     assert sink.events[-1].type == "end" and sink.events[-1].emitted_at == before[-1].wall
+    assert sink.events[-1].end_reason == "camera_lost"
     assert not chain.stats()["incident_open"]
     # After the gap a whole new window of sampled frames is needed before the next classification.
     window_s = demo_model.manifest.sampling.frame_interval_s * demo_model.manifest.input.frames
