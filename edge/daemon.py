@@ -230,13 +230,8 @@ class Daemon:
     def _deliver(self, topic: str, event: Event) -> None:
         payload = event_json(event)
         self.events_emitted += 1
-        if self.publisher is not None and self.outbox is not None:
-            # Stored before it is logged or sent: an event that appears in the log is on disk.
-            mark = IncidentMark(str(event.event_id), open=event.type != "end")
-            if self.outbox.put(topic, payload, incident=mark) is None:
-                self.publisher.publish_direct(topic, payload)
-            else:
-                self.publisher.notify()
+        # Stored before it is logged or sent: an event that appears in the log is on disk.
+        self._queue(topic, payload, IncidentMark(str(event.event_id), open=event.type != "end"))
         fields = {"camera": event.camera_id, "type": event.type, "event_id": event.event_id, "seq": event.seq,
                   "label": event.label, "score": event.score, "peak": event.peak_score}
         if event.end_reason is not None:
@@ -246,6 +241,15 @@ class Daemon:
             with self._out_lock:
                 self.out.write(payload.decode() + "\n")
                 self.out.flush()
+
+    def _queue(self, topic: str, payload: bytes, mark: IncidentMark | None = None) -> None:
+        """Through the outbox when there is a broker; straight to paho if SQLite failed (counted there)."""
+        if self.publisher is None or self.outbox is None:
+            return
+        if self.outbox.put(topic, payload, incident=mark) is None:
+            self.publisher.publish_direct(topic, payload)
+        else:
+            self.publisher.notify()
 
     def _close_interrupted(self) -> None:
         """End the incidents a previous run died with (SIGKILL, power cut, watchdog), before any new one starts."""
@@ -273,7 +277,8 @@ class Daemon:
             log.warning("snapshot of camera %s does not fit in %d bytes; not sent", camera.id,
                         self.config.mqtt.snapshot_max_bytes)
             return
-        self.publisher.publish_direct(self.topics.camera(camera.id, "snapshot"), jpeg)
+        # Queued after the incident's end, so it arrives after it; the topic names the incident.
+        self._queue(f"{self.topics.camera(camera.id, 'snapshot')}/{transition.incident_id}", jpeg)
 
     def _camera_state(self, worker: CameraWorker, online: bool, reason: str) -> None:
         camera_id = worker.camera.id

@@ -242,7 +242,7 @@ class Publisher:
             self._publish(topic, json.dumps(data, separators=(",", ":")).encode(), qos=qos, retain=False)
 
     def publish_direct(self, topic: str, payload: bytes, qos: int = 1) -> None:
-        """A message kept only in paho's memory: snapshots, and events the outbox could not store."""
+        """A message kept only in paho's memory: what the outbox could not store (SQLite failed)."""
         self._publish(topic, payload, qos=qos, retain=False)
 
     def notify(self) -> None:

@@ -368,10 +368,15 @@ def test_snapshot_of_the_peak_frame_fits_the_limit(mosquitto_broker, subscriber,
     code, _, err = finish(start_daemon(config))
     assert code == 0, err
     assert sub.wait_for(lambda msgs: any(m.payload == b"stopped" for m in msgs), 30)
-    snapshots = [m.payload for m in sub.messages if m.topic == f"rclstm/{DEVICE}/cam0/snapshot"]
+    prefix = f"rclstm/{DEVICE}/cam0/snapshot/"
+    snapshots = {m.topic.removeprefix(prefix): m.payload for m in sub.messages if m.topic.startswith(prefix)}
     ends = [e for e in events_of(sub) if e["type"] == "end"]
-    assert len(snapshots) == len(ends) >= 1
-    for jpeg in snapshots:
+    assert set(snapshots) == {e["event_id"] for e in ends} and ends, "one snapshot per incident, named by its id"
+    # Queued after the end, so delivered after it (the outbox keeps one order).
+    order = [m.topic.removeprefix(prefix) if m.topic.startswith(prefix) else json.loads(m.payload)["event_id"]
+             for m in sub.messages if m.topic.startswith(prefix) or m.topic.endswith("/events")]
+    assert all(order.index(event_id) < len(order) - 1 - order[::-1].index(event_id) for event_id in snapshots)
+    for jpeg in snapshots.values():
         assert len(jpeg) <= 4000 and jpeg[:2] == b"\xff\xd8"
         image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
         assert image is not None and image.ndim == 3
