@@ -7,7 +7,13 @@ whose tensors disagree with what its manifest promises is refused before the fir
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -16,6 +22,8 @@ from typing import Any, Literal
 import numpy as np
 
 from edge.bundle import BundleError, Manifest, load_bundle
+
+log = logging.getLogger(__name__)
 
 RuntimeName = Literal["auto", "ai-edge-litert", "tflite-runtime"]
 # (distribution name, module holding Interpreter), in order of preference.
@@ -56,6 +64,30 @@ def open_interpreter(model_path: Path, num_threads: int = 1, runtime: RuntimeNam
     if runtime != "auto":
         raise RuntimeMissing(f"runtime {runtime} is not installed; {INSTALL_HINT}")
     raise RuntimeMissing(INSTALL_HINT)
+
+
+@contextlib.contextmanager
+def native_output_to_log() -> Iterator[None]:
+    """Route what the runtime's C++ code prints on stderr into the log, at debug level.
+
+    ai-edge-litert prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." straight to file
+    descriptor 2 when a model is first run, with no switch to turn it off; in the journal that line
+    breaks the daemon's one-logfmt-line-per-record format. Models load before any thread starts,
+    so borrowing fd 2 for that moment takes nothing from anyone else.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode("utf-8", "replace").splitlines():
+                if line.strip():
+                    log.debug("runtime: %s", line.strip())
 
 
 def _first_line(exc: BaseException) -> str:
@@ -109,6 +141,10 @@ class BundleModel:
     def __init__(self, bundle_dir: Path, num_threads: int = 1, runtime: RuntimeName = "auto") -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest, model_path = load_bundle(self.bundle_dir)
+        with native_output_to_log():
+            self._load(model_path, num_threads, runtime)
+
+    def _load(self, model_path: Path, num_threads: int, runtime: RuntimeName) -> None:
         self.interpreter, self.runtime = open_interpreter(model_path, num_threads, runtime)
         self._signatures = {
             name: _Signature(self.interpreter, name, self.manifest, model_path) for name in self.manifest.signatures

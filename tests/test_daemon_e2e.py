@@ -292,6 +292,18 @@ def test_run_without_broker_prints_events_and_never_imports_tensorflow(stream, e
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     assert events and all(jsonschema.validate(e, event_schema) is None for e in events)
     assert [e["type"] for e in events][::len(events) - 1] == ["start", "end"]
+    # The log is logfmt only: what the runtime's C++ code prints goes through it too.
+    log_lines = proc.stderr.strip().splitlines()[:-1]
+    assert log_lines and all(line.startswith("ts=") for line in log_lines), log_lines
+
+
+def test_runtime_chatter_is_logged_at_debug(stream, tmp_path):
+    video, _ = stream
+    code, _, err = finish(start_daemon(write_config(tmp_path, video, log_level="debug")))
+    assert code == 0, err
+    assert all(line.startswith("ts=") for line in err.splitlines()), err
+    if "ai-edge-litert" in err:  # the runtime that prints it; tflite-runtime 2.14 is quiet
+        assert re.search(r"level=debug logger=edge.runtime msg=\"runtime: INFO: Created TensorFlow Lite XNNPACK", err)
 
 
 def test_check_passes_on_a_good_setup(mosquitto_tls_broker, subscriber, stream, tmp_path):
