@@ -59,27 +59,32 @@ def trained_run(synth_data: Path, frame_cache: Path, tmp_path_factory: pytest.Te
 
 @pytest.fixture(scope="session")
 def bundle_factory(
-    trained_run: Path, frame_cache: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Callable[[str], Path]:
-    """``bundle_factory(mode)`` converts ``trained_run`` once per quantization mode."""
+    request: pytest.FixtureRequest, frame_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., Path]:
+    """``bundle_factory(mode, arch="rclstm")`` converts the arch's run once per quantization mode.
+
+    The run is asked for only when needed, so RCLSTM-only tests never train the ConvLSTM.
+    """
     from converter.convert import ConvertOptions, convert
 
-    made: dict[str, Path] = {}
+    made: dict[tuple[str, str], Path] = {}
     root = tmp_path_factory.mktemp("bundles")
+    runs = {"rclstm": "trained_run", "convlstm": "convlstm_run"}
 
-    def make(mode: str) -> Path:
-        if mode not in made:
-            out = root / f"tiny-{mode}"
-            convert(ConvertOptions(model=trained_run / "model.keras", out=out, quantize=mode,  # type: ignore[arg-type]
-                                   name=f"tiny-{mode}", verify_python=tflite_python(), cache=frame_cache))
-            made[mode] = out
-        return made[mode]
+    def make(mode: str, arch: str = "rclstm") -> Path:
+        if (mode, arch) not in made:
+            out = root / f"{arch}-{mode}"
+            run: Path = request.getfixturevalue(runs[arch])
+            convert(ConvertOptions(model=run / "model.keras", out=out, quantize=mode,  # type: ignore[arg-type]
+                                   name=f"tiny-{arch}-{mode}", verify_python=tflite_python(), cache=frame_cache))
+            made[mode, arch] = out
+        return made[mode, arch]
 
     return make
 
 
 @pytest.fixture(scope="session")
-def rclstm_bundle(bundle_factory: Callable[[str], Path]) -> Path:
+def rclstm_bundle(bundle_factory: Callable[..., Path]) -> Path:
     return bundle_factory("float32")
 
 
@@ -95,13 +100,8 @@ def convlstm_run(synth_data: Path, frame_cache: Path, tmp_path_factory: pytest.T
 
 
 @pytest.fixture(scope="session")
-def convlstm_bundle(convlstm_run: Path, frame_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from converter.convert import ConvertOptions, convert
-
-    out = tmp_path_factory.mktemp("bundles") / "convlstm-float32"
-    convert(ConvertOptions(model=convlstm_run / "model.keras", out=out, quantize="float32", name="convlstm",
-                           verify_python=tflite_python(), cache=frame_cache))
-    return out
+def convlstm_bundle(bundle_factory: Callable[..., Path]) -> Path:
+    return bundle_factory("float32", "convlstm")
 
 
 @pytest.fixture(scope="session")

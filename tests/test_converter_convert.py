@@ -75,7 +75,7 @@ def test_encode_then_classify_in_the_bundle_equals_the_whole_model(
 
 @pytest.mark.parametrize("mode", MODES)
 def test_every_mode_converts_runs_and_is_recorded(
-    mode: str, bundle_factory: Callable[[str], Path], held_out_windows: tuple
+    mode: str, bundle_factory: Callable[..., Path], held_out_windows: tuple
 ) -> None:
     bundle = bundle_factory(mode)
     manifest = read_manifest(bundle)
@@ -98,11 +98,15 @@ def test_every_mode_converts_runs_and_is_recorded(
 
 
 @needs_tflite
+@pytest.mark.parametrize("arch", ["rclstm", "convlstm"])
 @pytest.mark.parametrize("mode", MODES)
 def test_both_runtimes_agree_on_every_mode(
-    mode: str, bundle_factory: Callable[[str], Path], held_out_windows: tuple, tmp_path: Path
+    mode: str, arch: str, bundle_factory: Callable[..., Path], held_out_windows: tuple, tmp_path: Path
 ) -> None:
-    bundle = bundle_factory(mode)
+    bundle = bundle_factory(mode, arch)
+    manifest = read_manifest(bundle)
+    assert (manifest.arch, manifest.quantization) == (arch, mode)
+    assert {check.runtime for check in manifest.verified_runtimes} == {"ai-edge-litert", "tflite-runtime"}
     windows, _ = held_out_windows
     np.savez(tmp_path / "in.npz", windows=windows)
     done = subprocess.run([str(tflite_python()), "-m", "edge.verify", str(bundle), str(tmp_path / "in.npz"),
@@ -113,7 +117,9 @@ def test_both_runtimes_agree_on_every_mode(
     litert = BundleModel(bundle, runtime="ai-edge-litert")
     ours = np.stack([litert.predict_window(w) for w in windows])
     with np.load(tmp_path / "out.npz") as theirs:
-        assert np.abs(theirs["probs"] - ours).max() <= TOLERANCE[mode]
+        diff = float(np.abs(theirs["probs"] - ours).max())
+    print(f"{arch} {mode}: max |tflite-runtime - ai-edge-litert| = {diff:.2g}")
+    assert diff <= TOLERANCE[mode]
 
 
 def test_convlstm_bundle_is_one_window_signature(convlstm_bundle: Path, held_out_windows: tuple) -> None:
