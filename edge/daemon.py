@@ -266,6 +266,8 @@ class Daemon:
             log.warning("incident %s on camera %s was left open by the previous run; closing it as interrupted",
                         event_id, last.camera_id)
             self._deliver(topic, interrupted_end(last))
+            if self.publisher is not None:  # also for a camera no longer configured: its ON must not stay
+                self.publisher.set_state(self.topics.camera(last.camera_id, "anomaly"), ANOMALY_OFF.encode())
 
     def _snapshot(self, camera: CameraConfig, transition: Transition) -> None:
         from edge.snapshot import encode_jpeg

@@ -191,7 +191,7 @@ def test_broker_outage_and_sigkill_lose_no_event(broker_factory, subscriber, str
 def test_incident_left_open_by_a_dead_daemon_is_closed_at_the_next_start(mosquitto_broker, subscriber, stream,
                                                                           event_schema, tmp_path):
     video, _ = stream
-    sub = subscriber(mosquitto_broker, f"rclstm/{DEVICE}/+/events")
+    sub = subscriber(mosquitto_broker, f"rclstm/{DEVICE}/#")
     config = write_config(tmp_path, video, mosquitto_broker)
     # What a daemon killed mid-incident leaves on disk: the start in the outbox (sent or not) and
     # marked open. The example start is from the docs, so it is also a real, valid message.
@@ -216,6 +216,9 @@ def test_incident_left_open_by_a_dead_daemon_is_closed_at_the_next_start(mosquit
     assert closed["ended_at"] == closed["emitted_at"] == last["emitted_at"]
     assert all(e["event_id"] != last["event_id"] for e in events[2:]), "the next run started afresh"
     assert Outbox(tmp_path / "state" / "outbox.db").left_open() == []
+    # Its camera ("door", no longer configured) does not stay retained as ON.
+    anomaly = [m for m in sub.messages if m.topic == f"rclstm/{DEVICE}/door/anomaly"]
+    assert anomaly and anomaly[-1].payload == b"OFF"
 
 
 def test_sigkill_leaves_the_will_offline(mosquitto_broker, subscriber, stream, tmp_path):
