@@ -105,7 +105,8 @@ def describe(event: dict[str, Any]) -> str:
     """One human line per message."""
     return (f"{event['emitted_at']} {event['type']:6s} {event['site']}/{event['device_id']}/{event['camera_id']} "
             f"{event['label']} score={event['score']:.2f} peak={event['peak_score']:.2f} "
-            f"event={event['event_id']} seq={event['seq']}")
+            f"event={event['event_id']} seq={event['seq']}"
+            + (f" ({event['end_reason']})" if event.get("end_reason") else ""))
 
 
 class Consumer:
