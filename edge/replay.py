@@ -85,6 +85,7 @@ class Incident:
     peak: float
     mean: float
     windows: int
+    end_reason: str  # the end event's: calm, or stopped when the recording ended with the incident open
 
 
 @dataclass
@@ -121,7 +122,7 @@ class Scan:
             out.append(Incident(
                 id=t.incident_id, label=t.top_label, start_ts=ts_of[t.started_at], end_ts=ts_of[t.ended_at],
                 alert_ts=alerts[t.incident_id], closed_ts=t.ts, started_at=t.started_at, ended_at=t.ended_at,
-                peak=t.peak_score, mean=t.mean_score, windows=t.windows,
+                peak=t.peak_score, mean=t.mean_score, windows=t.windows, end_reason=t.end_reason or "",
             ))
         return out
 
@@ -344,10 +345,11 @@ def summary(result: Replay) -> str:
     incidents = scan_.incidents
     if incidents:
         lines.append(f"{'#':>3}  {'label':12s} {'start s':>8} {'end s':>8} {'alert s':>8} {'peak':>6} {'mean':>6} "
-                     f"{'windows':>7}  started_at")
+                     f"{'windows':>7} {'ended':8s} started_at")
         for n, inc in enumerate(incidents, 1):
             lines.append(f"{n:>3}  {inc.label[:12]:12s} {inc.start_ts:8.2f} {inc.end_ts:8.2f} {inc.alert_ts:8.2f} "
-                         f"{inc.peak:6.3f} {inc.mean:6.3f} {inc.windows:7d}  {inc.started_at.isoformat()}")
+                         f"{inc.peak:6.3f} {inc.mean:6.3f} {inc.windows:7d} {inc.end_reason:8s} "
+                         f"{inc.started_at.isoformat()}")
     lines.append(f"{len(incidents)} incident(s), {len(scan_.events)} event(s) -> {result.events}")
     lines.append(f"annotated video -> {result.video}")
     if result.timeline is not None:

@@ -156,6 +156,7 @@ def test_cli_replay_prints_the_summary_and_writes_events(
     incident = replayed.scan.incidents[0]
     row = next(line for line in proc.stdout.splitlines() if line.strip().startswith("1 "))
     assert row.split()[1:4] == ["fight", f"{incident.start_ts:.2f}", f"{incident.end_ts:.2f}"]
+    assert row.split()[8] == incident.end_reason == "calm"
     events = read_events((out / EVENTS_NAME).read_text())
     assert f"1 incident(s), {len(events)} event(s)" in proc.stdout
     assert {e["camera_id"] for e in events} == {"door"}
