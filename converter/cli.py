@@ -102,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="python with tflite-runtime to verify in (default $RCLSTM_TFLITE_PYTHON)")
     convert.add_argument("--whole-window", action="store_true",
                          help="one 'window' signature even for an RCLSTM (a benchmark baseline; devices stream)")
+    convert.add_argument("--every-split", action="store_true",
+                         help="also convert every other split's model of the run (train --seeds/--folds) the "
+                              "same way and record mean ± std for Keras and the bundle in the manifest")
     convert.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
 
     inspect = sub.add_parser("inspect", help="summarize a bundle: manifest, ops, runtimes, metrics")
@@ -152,7 +155,7 @@ def _run(args: argparse.Namespace) -> int:
         model=args.model, out=args.out, quantize=args.quantize, calibration=args.calibration, data=args.data,
         force=args.force, name=args.name, version=args.version, anomaly_classes=args.anomaly_classes,
         representation=args.representation, verify_python=args.verify_python, cache=args.cache,
-        whole_window=args.whole_window,
+        whole_window=args.whole_window, every_split=args.every_split,
     ))
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)

@@ -44,23 +44,65 @@ def test_test_scenes_never_appear_in_training(trained_run: Path, synth_data: Pat
     assert split["train_clips"] + split["validation_clips"] + len(test) == len(clips)
 
 
-def test_repeated_random_splits_with_augmentation_report_mean_and_spread(
-    synth_data: Path, frame_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out = tmp_path / "run"
-    code = main(["train", str(synth_data), "--out", str(out), "--representation", "diff", "--seeds", "2",
-                 "--split", "random", "--augment", "flip+jitter", "--epochs", "1", "--filters", "4,8",
-                 "--pools", "8,4", "--anomaly-classes", "fight", "--cache", str(frame_cache)])
-    assert code == 0
-    captured = capsys.readouterr()
-    assert captured.out.count("val_loss") == 2  # one Keras progress line per epoch, one epoch per split
-    assert "split 2:" in captured.err and "over 2 split(s)" in captured.err
+@pytest.fixture(scope="module")
+def two_split_run(synth_data: Path, frame_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A run with two random splits (one epoch each) and what `train` printed on stdout and stderr."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("two-splits") / "run"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(["train", str(synth_data), "--out", str(out), "--representation", "diff", "--seeds", "2",
+                     "--split", "random", "--augment", "flip+jitter", "--epochs", "1", "--filters", "4,8",
+                     "--pools", "8,4", "--anomaly-classes", "fight", "--cache", str(frame_cache)])
+    assert code == 0, stderr.getvalue()
+    return out, stdout.getvalue() + stderr.getvalue()
+
+
+def test_repeated_random_splits_with_augmentation_report_mean_and_spread(two_split_run: tuple[Path, str]) -> None:
+    out, printed = two_split_run
+    assert printed.count("val_loss") == 2  # one Keras progress line per epoch, one epoch per split
+    assert "split 2:" in printed and "over 2 split(s)" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["summary"]["runs"] == 2 and "std" in metrics["summary"]["macro"]["accuracy"]
     assert (out / "runs" / "00" / "model.keras").is_file() and (out / "runs" / "01" / "model.keras").is_file()
     run = json.loads((out / "run.json").read_text())
     assert run["splits"][0]["test_clips"] != run["splits"][1]["test_clips"]
     assert run["options"]["augment"] == "flip+jitter"
+
+
+def test_convert_every_split_records_keras_and_bundle_over_the_splits(
+    two_split_run: tuple[Path, str], frame_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge.bundle import read_manifest
+
+    out, _ = two_split_run
+    bundle = tmp_path / "bundle"
+    assert main(["convert", str(out / "model.keras"), "--out", str(bundle), "--every-split",
+                 "--cache", str(frame_cache)]) == 0
+    assert "split 1: converting" in capsys.readouterr().err
+    metrics = read_manifest(bundle).metrics
+    trained = json.loads((out / "metrics.json").read_text())["summary"]["binary"]
+    keras_runs, bundle_runs = metrics["keras_runs"], metrics["bundle_runs"]
+    test_clips = sum(len(s["test_clips"]) for s in json.loads((out / "run.json").read_text())["splits"])
+    assert (keras_runs.runs, keras_runs.clips, bundle_runs.runs, bundle_runs.clips) == (2, test_clips, 2, test_clips)
+    # The Keras row, recomputed through the converter, is what training measured on the same clips.
+    for column in ("accuracy", "precision", "recall", "f1"):
+        assert getattr(keras_runs, column) == pytest.approx(trained[column]["mean"])
+        assert getattr(keras_runs, f"{column}_std") == pytest.approx(trained[column]["std"])
+    # A float32 bundle takes the Keras model's decisions (the parity gate held on every split).
+    assert bundle_runs == keras_runs
+    assert metrics["bundle"].clips == len(json.loads((out / "run.json").read_text())["splits"][0]["test_clips"])
+
+
+def test_every_split_needs_a_run_with_several_splits(
+    trained_run: Path, frame_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["convert", str(trained_run / "model.keras"), "--out", str(tmp_path / "b"), "--every-split",
+                 "--cache", str(frame_cache)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("is not from a run with several splits; train with --seeds N or --folds K"), err
 
 
 def test_training_on_bad_data_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
