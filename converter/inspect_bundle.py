@@ -57,7 +57,9 @@ def describe(bundle_dir: Path) -> str:
                      f"top-1 agreement {check.top1_agreement:.1%}")
     lines.append("metrics:" + ("" if manifest.metrics else " none"))
     for key, m in manifest.metrics.items():
-        std = f" ± {m.accuracy_std:.3f}" if m.accuracy_std is not None else ""
-        lines.append(f"  {key} ({m.view}, {m.clips} clips{f', {m.runs} runs' if m.runs else ''}): accuracy "
-                     f"{m.accuracy:.3f}{std}, precision {m.precision:.3f}, recall {m.recall:.3f}, f1 {m.f1:.3f}")
+        cells = []
+        for column in ("accuracy", "precision", "recall", "f1"):
+            std = getattr(m, f"{column}_std")
+            cells.append(f"{column} {getattr(m, column):.3f}" + (f" ± {std:.3f}" if std is not None else ""))
+        lines.append(f"  {key} ({m.view}, {m.clips} clips{f', {m.runs} runs' if m.runs else ''}): " + ", ".join(cells))
     return "\n".join(lines)
