@@ -285,7 +285,7 @@ class Daemon:
     def _camera_state(self, worker: CameraWorker, online: bool, reason: str) -> None:
         camera_id = worker.camera.id
         if not online:
-            worker.pipeline.gap()
+            worker.pipeline.gap(reason)
         if self.publisher is not None:
             status = CameraStatus(online=online, reason=reason, since=datetime.now(timezone.utc))
             self.publisher.set_state(self.topics.camera(camera_id, "status"), message_json(status))

@@ -21,7 +21,7 @@ from edge.decision import Decider, EndReason, Transition
 from edge.events import Event, build_event
 from edge.runtime import BundleModel
 from edge.sampler import Sampler
-from edge.sources import Frame
+from edge.sources import ORDERLY_OFFLINE, Frame
 
 Emit = Callable[[Event, Transition], None]
 # Sees every classified window after the decision took it in (replay and calibration need the scores
@@ -72,9 +72,10 @@ class CameraPipeline:
             if self.on_window is not None:
                 self.on_window(prediction)
 
-    def gap(self) -> None:
-        """The source was lost: close an open incident at the last frame and start the window afresh."""
-        self._close("camera_lost")
+    def gap(self, reason: str) -> None:
+        """The source went offline (``reason`` as the source reports it): close an open incident at the
+        last frame and start the window afresh. A file that ended is a stop, anything else a loss."""
+        self._close("stopped" if reason in ORDERLY_OFFLINE else "camera_lost")
         self.sampler.reset()
         self.classifier.reset()
 

@@ -43,7 +43,7 @@ from edge.events import Event, event_json
 from edge.models import resolve_bundle
 from edge.pipeline import CameraPipeline
 from edge.runtime import BundleModel
-from edge.sources import DEFAULT_FPS, CameraSource, Frame, SourceError, open_capture
+from edge.sources import DEFAULT_FPS, ORDERLY_OFFLINE, CameraSource, Frame, SourceError, open_capture
 
 VIDEO_NAME = "annotated.mp4"
 TIMELINE_NAME = "timeline.png"
@@ -180,8 +180,8 @@ def scan(
     def state(online: bool, reason: str) -> None:
         if online:
             return
-        pipeline.gap()  # as the daemon does for every lost source
-        if reason not in ("end of file", "stopped"):
+        pipeline.gap(reason)  # as the daemon does whenever a source goes offline
+        if reason not in ORDERLY_OFFLINE:
             failures.append(reason)
             stop.set()  # a file that cannot be read would otherwise be retried forever
 

@@ -177,6 +177,8 @@ class _End:
 
 END_OF_FILE = _End()
 LOOP = _End()
+# Offline reasons that are not a loss: a file source ended, or the daemon is stopping.
+ORDERLY_OFFLINE = frozenset({"end of file", "stopped"})
 
 
 class CameraSource:
@@ -316,7 +318,7 @@ class CameraSource:
             return
         self._reported = (online, reason)
         log.log(
-            logging.INFO if online or reason in ("stopped", "end of file") else logging.WARNING,
+            logging.INFO if online or reason in ORDERLY_OFFLINE else logging.WARNING,
             "camera %s %s: %s",
             self.camera.id,
             "online" if online else "offline",

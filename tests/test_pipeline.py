@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jsonschema
 import numpy as np
+import pytest
 
 from edge.config import CameraConfig, DecisionConfig
 from edge.decision import Transition
@@ -106,6 +107,18 @@ def test_finish_closes_an_incident_still_open_at_the_end(demo_model: BundleModel
     assert [e.type for e in sink.events].count("end") == 1
 
 
+@pytest.mark.parametrize(("reason", "end_reason"), [("end of file", "stopped"), ("stopped", "stopped"),
+                                                   ("no frame for 10.0 s", "camera_lost")])
+def test_going_offline_ends_the_incident_as_a_stop_or_a_loss(demo_model: BundleModel, reason: str,
+                                                            end_reason: str) -> None:
+    sink = Sink()
+    chain = pipeline(demo_model, sink)
+    for frame in synthetic_frames("fight", 4, seed=2):
+        chain.process(frame)
+    chain.gap(reason)
+    assert sink.events[-1].type == "end" and sink.events[-1].end_reason == end_reason
+
+
 def test_gap_closes_the_incident_and_needs_a_fresh_window(demo_model: BundleModel) -> None:
     sink = Sink()
     chain = pipeline(demo_model, sink)
@@ -114,7 +127,7 @@ def test_gap_closes_the_incident_and_needs_a_fresh_window(demo_model: BundleMode
         chain.process(frame)
     assert chain.stats()["incident_open"]
     windows_before = chain.stats()["windows"]
-    chain.gap()
+    chain.gap("no frame for 10.0 s")
     assert sink.events[-1].type == "end" and sink.events[-1].emitted_at == before[-1].wall
     assert sink.events[-1].end_reason == "camera_lost"
     assert not chain.stats()["incident_open"]
