@@ -19,7 +19,7 @@ from datetime import datetime
 
 import numpy as np
 
-from edge.preprocess import FrameError, model_input, prepare_frame
+from edge.preprocess import FrameError, changed_fraction, model_input, prepare_frame
 from edge.runtime import BundleModel
 from edge.sources import Frame
 
@@ -43,11 +43,13 @@ class Prediction:
 class StreamClassifier:
     """One camera's window state over a loaded bundle."""
 
-    def __init__(self, model: BundleModel, hop: int) -> None:
+    def __init__(self, model: BundleModel, hop: int, scene_cut: float = 1.0) -> None:
         if hop < 1:
             raise ValueError(f"hop must be at least 1, got {hop}")
         self.model = model
         self.hop = hop
+        self.scene_cut = scene_cut
+        self.scene_cuts = 0
         manifest = model.manifest
         self._spec = manifest.input
         self._labels = list(manifest.labels)
@@ -90,6 +92,11 @@ class StreamClassifier:
         previous, self._previous = self._previous, prepared
         if previous is None:
             return None
+        if self.scene_cut < 1.0 and changed_fraction(prepared, previous) > self.scene_cut:
+            # Not movement but a new picture: the difference across it reads as none (see DecisionConfig).
+            self.scene_cuts += 1
+            log.debug("scene cut at %.3fs (%d so far)", frame.ts, self.scene_cuts)
+            previous = prepared
         started = time.perf_counter()
         x = model_input(prepared, previous, spec.representation)
         self._buffer.append(self.model.encode(x) if self.model.streaming else x)

@@ -63,6 +63,12 @@ class DecisionConfig(_Section):
     faster but raised more false starts and, with a long end, swallowed a fight into an earlier
     false incident; a 10 s cooldown delayed or missed fights that followed an incident. A camera's
     own false-alarm rate is what `rclstm-edge calibrate` tunes the threshold for.
+
+    ``scene_cut`` is the share of the picture that must change between two sampled frames for the
+    change to count as a cut (lights switched, a day/night switch, the camera moved), not as
+    movement: the difference image across it, a bright full frame the model never saw in training,
+    is replaced by "no movement", as for the first frame of a stream, and the window goes on. 1.0
+    turns it off. See ``edge.preprocess.changed_fraction`` for the measurements behind 0.6.
     """
 
     threshold: float = Field(0.7, ge=0.0, le=1.0)
@@ -71,6 +77,7 @@ class DecisionConfig(_Section):
     cooldown_s: float = Field(5.0, ge=0.0, le=86400.0)
     update_interval_s: float = Field(5.0, gt=0.0, le=86400.0)
     hop: int = Field(4, ge=1, le=256)
+    scene_cut: float = Field(0.6, gt=0.0, le=1.0)
 
 
 class DecisionOverrides(_Section):
@@ -82,6 +89,7 @@ class DecisionOverrides(_Section):
     cooldown_s: float | None = Field(None, ge=0.0, le=86400.0)
     update_interval_s: float | None = Field(None, gt=0.0, le=86400.0)
     hop: int | None = Field(None, ge=1, le=256)
+    scene_cut: float | None = Field(None, gt=0.0, le=1.0)
 
 
 SourceKind = Literal["auto", "v4l2", "rtsp", "mjpeg", "file"]

@@ -37,6 +37,8 @@ class CameraStats(_Message):
     frames_sampled: int = Field(ge=0, description="Frames kept by the sampler and given to the model.")
     bad_frames: int = Field(ge=0, description="Sampled frames the preprocessing refused.")
     windows: int = Field(ge=0, description="Windows classified.")
+    scene_cuts: int = Field(ge=0, description="Sampled frames that changed nearly the whole picture (lights, "
+                            "day/night switch, camera moved); each counted as no movement.")
     inference_ms: float = Field(ge=0, description="Mean model time per window, every encode counted.")
     inference_ms_last: float = Field(ge=0)
     score: float | None = Field(ge=0, le=1, description="Anomaly score of the newest window (null before the first).")

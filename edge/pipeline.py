@@ -49,7 +49,7 @@ class CameraPipeline:
         self.emit = emit
         self.on_window = on_window
         self.sampler = Sampler(model.manifest.sampling.frame_interval_s)
-        self.classifier = StreamClassifier(model, decision.hop)
+        self.classifier = StreamClassifier(model, decision.hop, decision.scene_cut)
         self.decider = Decider(decision)
         self.frames_in = 0
         self.events = 0
@@ -89,6 +89,7 @@ class CameraPipeline:
             "frames_sampled": self.classifier.sampled,
             "bad_frames": self.classifier.bad_frames,
             "windows": self.classifier.classified,
+            "scene_cuts": self.classifier.scene_cuts,
             "inference_ms": round(self.classifier.inference_ms_mean, 2),
             "inference_ms_last": round(self.classifier.inference_ms_last, 2),
             "score": None if self.score is None else round(self.score, 4),

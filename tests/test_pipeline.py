@@ -107,6 +107,25 @@ def test_finish_closes_an_incident_still_open_at_the_end(demo_model: BundleModel
     assert [e.type for e in sink.events].count("end") == 1
 
 
+def test_a_light_switched_on_and_off_is_a_scene_cut_not_an_anomaly(demo_model: BundleModel) -> None:
+    """A calm scene whose lights switch every 3 s (or a camera's day/night switch)."""
+    calm = synthetic_frames("calm", 30, seed=3)
+    switched = [Frame((f.image * (0.25 if int(f.ts // 3) % 2 else 1.0)).astype(np.uint8), f.ts, f.wall) for f in calm]
+    peak = {}
+    for scene_cut in (1.0, 0.6):  # off, then the default
+        scores: list[float] = []
+        chain = pipeline(demo_model, Sink(), scene_cut=scene_cut)
+        chain.on_window = lambda p, scores=scores: scores.append(p.anomaly_score)
+        for frame in switched:
+            chain.process(frame)
+        peak[scene_cut] = max(scores)
+        cuts = chain.stats()["scene_cuts"]
+    # Across a switch the difference image is one bright frame the model never saw: it reads it as
+    # violent movement. Counted as a cut, the difference reads as none and the scene stays calm.
+    assert peak[1.0] > 0.9 and peak[0.6] < 0.1, peak
+    assert cuts == 9  # switches at 3, 6, ... 27 s
+
+
 @pytest.mark.parametrize(("reason", "end_reason"), [("end of file", "stopped"), ("stopped", "stopped"),
                                                    ("no frame for 10.0 s", "camera_lost")])
 def test_going_offline_ends_the_incident_as_a_stop_or_a_loss(demo_model: BundleModel, reason: str,

@@ -88,3 +88,15 @@ def test_two_step_shrink_stays_close_to_one_area_pass(shape: tuple[int, int, int
     reference = cv2.resize(smooth, (64, 64), interpolation=cv2.INTER_AREA).astype(np.float32)
     assert fast.shape == (64, 64, 3)
     assert np.abs(fast - reference).mean() < 2.0
+
+
+def test_changed_fraction_tells_movement_from_a_new_picture() -> None:
+    from edge.preprocess import changed_fraction
+
+    rng = np.random.default_rng(0)
+    scene = rng.uniform(0.2, 0.8, (64, 64, 3)).astype(np.float32)
+    moved = scene.copy()
+    moved[10:30, 10:30] = rng.uniform(0.0, 1.0, (20, 20, 3))  # someone moving in a tenth of the picture
+    assert changed_fraction(moved, scene) < 0.1
+    assert changed_fraction(scene * 0.25, scene) > 0.9  # the lights went down
+    assert changed_fraction(scene, scene) == 0.0
