@@ -56,23 +56,25 @@ def run(settings: Settings, stream: dict, bundle: Path, source: str, anomaly: st
         raise RuntimeError(f"daemon exited with {done.code}: {done.stderr[-500:]}")
     online = log_times(done.stderr, "camera cam0 online")[0].timestamp()
     starts = [t for t, event in arrivals if event["type"] == "start"]
-    fights = [start for label, start, _ in stream["spans"] if label == anomaly]
-    for i, start in enumerate(fights):
-        shown = online + start
-        next_start = online + (fights[i + 1] if i + 1 < len(fights) else stream["seconds"] + 60)
-        hits = [t for t in starts if shown <= t < next_start]
+    # A start belongs to a fight from the fight's first frame until the last window holding any of its
+    # frames (one window span and one hop after its last frame); every other start is a false alarm.
+    fights = [(online + start, online + end + goal) for label, start, end in stream["spans"] if label == anomaly]
+    for i, (shown, last) in enumerate(fights):
+        hits = [t for t in starts if shown <= t <= last]
         latency = hits[0] - shown if hits else None
-        table.rows.append({"segment": i + 1, "segment_start_s": round(start, 2), "detected": "yes" if hits else "no",
+        table.rows.append({"segment": i + 1, "segment_start_s": round(shown - online, 2),
+                           "detected": "yes" if hits else "no",
                            "latency_s": None if latency is None else round(latency, 3), "goal_s": round(goal, 3),
                            "goal_met": "yes" if latency is not None and latency <= goal else "no"})
-    early = [t - online for t in starts if t < online + fights[0]] if fights else []
+    false = [round(t - online, 2) for t in starts if not any(shown <= t <= last for shown, last in fights)]
     table.extra.update(stream=stream, bundle=str(bundle), model_source=source, decision=decision.model_dump(),
-                       false_starts_before_first_fight=len(early), events_received=len(arrivals))
+                       false_starts=len(false), false_start_times_s=false, events_received=len(arrivals))
     table.notes += [
         f"goal = window span {manifest.sampling.window_s:.2f} s + one hop ({decision.hop} sampled frames = "
         f"{hop_s:.2f} s); default decision settings (start after {decision.start_windows} windows over "
         f"{decision.threshold}), so a detection also waits for {decision.start_windows - 1} more hop(s)",
         f"model: {source}; stream {stream['seconds']:g} s {stream['codec']} from {stream['source']}, real-time; "
-        f"real mosquitto on 127.0.0.1; {len(early)} start(s) before the first fight",
+        f"real mosquitto on 127.0.0.1; {len(false)} false start(s) outside the fights"
+        + (f" (at {', '.join(f'{t:g}' for t in false)} s of stream time)" if false else ""),
     ]
     return table

@@ -59,7 +59,8 @@ class DecisionConfig(_Section):
     (three 8 s fight segments spliced into normal footage; `python -m bench --only latency` builds
     it) and sweeping threshold x start_windows x end_windows x cooldown_s x hop (324 settings):
     0.7 / 3 / 5 / 5 s / 4 found all three fights 1.8, 0.6 and 3.1 s after they began with the fewest
-    false starts (2, both at the scene cuts the splicing creates); 0.5 with 2 windows alerted
+    false starts (2; with ``scene_cut`` one of them, at a cut between spliced clips, went away, and
+    the other is the model scoring a normal clip high); 0.5 with 2 windows alerted
     faster but raised more false starts and, with a long end, swallowed a fight into an earlier
     false incident; a 10 s cooldown delayed or missed fights that followed an incident. A camera's
     own false-alarm rate is what `rclstm-edge calibrate` tunes the threshold for.
