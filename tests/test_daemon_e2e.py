@@ -202,9 +202,14 @@ def test_incident_left_open_by_a_dead_daemon_is_closed_at_the_next_start(mosquit
     box.put(f"rclstm/{DEVICE}/{last['camera_id']}/events", example.encode(),
             incident=IncidentMark(last["event_id"], open=True))
     box.close()
+    # One whose remembered message no longer parses (say, written by another version): logged, dropped.
+    with contextlib.closing(sqlite3.connect(tmp_path / "state" / "outbox.db")) as db, db:
+        db.execute("INSERT INTO open_incidents VALUES ('garbled', 'rclstm/x/door/events', x'7b6e6f74')")
     code, _, err = finish(start_daemon(config))
     assert code == 0, err
     assert "left open by the previous run" in err
+    assert re.search(r"incident garbled left open by the previous run cannot be closed: .*; dropped", err)
+    # The outbox sends what it held first (the example start), then this run's events.
     assert sub.wait_for(lambda msgs: sent_keys(err) == received_keys(sub)[1:], 30)
     events = events_of(sub)
     for event in events:
