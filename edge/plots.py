@@ -51,6 +51,8 @@ def timeline_png(path: Path, scan: Scan, title: str) -> Path:
         for start, end, phase in _phase_spans(scan):
             if phase in PHASE_COLOURS:
                 ax.axvspan(start, end, color=PHASE_COLOURS[phase], alpha=0.22, linewidth=0)
+        for n, ts in enumerate(scan.scene_cuts):
+            ax.axvline(ts, color="#757575", linestyle=":", linewidth=1, label="scene cut" if n == 0 else None)
         for n, incident in enumerate(scan.incidents, 1):
             first = n == 1
             ax.plot([incident.start_ts, incident.end_ts], [1.06, 1.06], color=PHASE_COLOURS["open"], linewidth=5,

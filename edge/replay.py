@@ -100,6 +100,7 @@ class Scan:
     windows: list[Window] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     transitions: list[Transition] = field(default_factory=list)
+    scene_cuts: list[float] = field(default_factory=list)  # stream times of the frames read as a cut
     stats: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -192,7 +193,10 @@ def scan(
             result.first = frame
         result.frames += 1
         result.last_ts = frame.ts
+        cuts = pipeline.classifier.scene_cuts
         pipeline.process(frame)
+        if pipeline.classifier.scene_cuts > cuts:
+            result.scene_cuts.append(frame.ts)
         if on_frame is not None:
             on_frame(frame, result.windows[-1] if result.windows else None, pipeline.decider.open)
     pipeline.finish()
@@ -351,6 +355,9 @@ def summary(result: Replay) -> str:
                          f"{inc.peak:6.3f} {inc.mean:6.3f} {inc.windows:7d} {inc.end_reason:8s} "
                          f"{inc.started_at.isoformat()}")
     lines.append(f"{len(incidents)} incident(s), {len(scan_.events)} event(s) -> {result.events}")
+    if scan_.scene_cuts:
+        shown = ", ".join(f"{ts:.2f}" for ts in scan_.scene_cuts[:10]) + (" ..." if len(scan_.scene_cuts) > 10 else "")
+        lines.append(f"{len(scan_.scene_cuts)} scene cut(s), read as no movement, at {shown} s")
     lines.append(f"annotated video -> {result.video}")
     if result.timeline is not None:
         lines.append(f"timeline -> {result.timeline}")

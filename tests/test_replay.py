@@ -164,6 +164,23 @@ def test_cli_replay_prints_the_summary_and_writes_events(
     assert (out / VIDEO_NAME).is_file() and not (out / TIMELINE_NAME).exists()
 
 
+def test_replay_shows_where_the_lights_switched(tmp_path: Path) -> None:
+    """A calm scene whose lights go down at 2 s and back up at 4 s: two scene cuts, no incident."""
+    from edge.synthetic import render_clip, write_video
+
+    frames = render_clip("calm", int(6 * FPS), 160, 120, np.random.default_rng(4))
+    dimmed = [(f * (0.25 if 2.0 <= i / FPS < 4.0 else 1.0)).astype(np.uint8) for i, f in enumerate(frames)]
+    video = write_video(tmp_path / "lights.mp4", dimmed, FPS)
+    proc = rclstm("replay", str(video), "--model", "demo", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if "scene cut(s)" in x)
+    cuts = [float(t) for t in line.split(" at ")[1].removesuffix(" s").split(", ")]
+    # The first sampled frame at or after each switch (one every 0.1 s).
+    assert len(cuts) == 2 and abs(cuts[0] - 2.0) <= 0.11 and abs(cuts[1] - 4.0) <= 0.11, line
+    assert "0 incident(s)" in proc.stdout
+    assert (tmp_path / "out" / TIMELINE_NAME).read_bytes()[:4] == b"\x89PNG"
+
+
 @pytest.mark.parametrize("case", ["missing video", "unknown camera", "not a video", "empty file"])
 def test_bad_input_is_one_line_and_exit_2(case: str, tmp_path: Path, stream: Stream) -> None:
     video = stream[0]
