@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
@@ -356,9 +357,10 @@ def convert(opts: ConvertOptions) -> Report:
                            f"classes ({', '.join(labels)})")
     rng = np.random.default_rng(0)
     picks = sorted(rng.permutation(len(data.clips))[:PARITY_WINDOWS])
-    items = [data.clips[i] for i in picks]
-    windows = ds.windows(items, frames, representation)
-    keras_probs = model.predict(windows, batch_size=8, verbose=0)
+    windows = ds.windows([data.clips[i] for i in picks], frames, representation)
+    keras_all = _held_out_probs(lambda w: model.predict(w, batch_size=8, verbose=0), data.clips, frames,
+                                representation)
+    keras_probs = keras_all[picks]
 
     twins = build_twins(model, arch, opts.whole_window)
     twin_diff = float(np.abs(twins.predict(windows) - keras_probs).max())
@@ -414,8 +416,9 @@ def convert(opts: ConvertOptions) -> Report:
         write_manifest(bundle, manifest)
 
         litert = BundleModel(bundle, runtime="ai-edge-litert")
-        bundle_probs = np.stack([litert.predict_window(w) for w in windows])
-        keras_all, bundle_all = _held_out_probs(model, litert, data.clips, frames, representation)
+        bundle_all = _held_out_probs(lambda w: np.stack([litert.predict_window(x) for x in w]), data.clips, frames,
+                                     representation)
+        bundle_probs = bundle_all[picks]
         y_all = np.array([labels.index(item.clip.label) for item in data.clips])
         keras_result = scores(y_all, keras_all.argmax(1), labels, anomaly)
         bundle_result = scores(y_all, bundle_all.argmax(1), labels, anomaly)
@@ -485,15 +488,11 @@ def convert(opts: ConvertOptions) -> Report:
 
 
 def _held_out_probs(
-    model: Any, bundle: BundleModel, clips: list[ds.Decoded], frames: int, representation: Representation
-) -> tuple[np.ndarray, np.ndarray]:
-    """Keras and bundle probabilities for every held-out clip (the bundle through the device's code path)."""
-    keras_parts, bundle_parts = [], []
-    for start in range(0, len(clips), SCORE_CHUNK):
-        windows = ds.windows(clips[start:start + SCORE_CHUNK], frames, representation)
-        keras_parts.append(model.predict(windows, batch_size=8, verbose=0))
-        bundle_parts.append(np.stack([bundle.predict_window(w) for w in windows]))
-    return np.concatenate(keras_parts), np.concatenate(bundle_parts)
+    predict: Callable[[np.ndarray], np.ndarray], clips: list[ds.Decoded], frames: int, representation: Representation
+) -> np.ndarray:
+    """Probabilities for every held-out clip, a chunk of windows at a time."""
+    return np.concatenate([predict(ds.windows(clips[start:start + SCORE_CHUNK], frames, representation))
+                           for start in range(0, len(clips), SCORE_CHUNK)])
 
 
 def _score_every_split(

@@ -17,6 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edge.config import key_path
 from edge.preprocess import PREPROCESS_VERSION, Representation, channels_for
 
 SCHEMA_VERSION = 1
@@ -159,8 +160,7 @@ def sha256_file(path: Path) -> str:
 def _first_error(exc: ValidationError) -> str:
     problems = []
     for err in exc.errors():
-        # repr() for keys with line breaks or control characters keeps the error on one line.
-        where = ".".join(str(p) if str(p).isprintable() else repr(p) for p in err["loc"]) or "manifest"
+        where = key_path(err["loc"]) or "manifest"
         problems.append(f"{where}: {err['msg']}")
     return "; ".join(problems)
 

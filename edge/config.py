@@ -214,12 +214,17 @@ def _default_device_id() -> str:
     return name.strip("-._") or "device"
 
 
+def key_path(loc: tuple[int | str, ...]) -> str:
+    """A validation error's location as ``a.b.0.c``; repr() for keys with line breaks or control
+    characters (fuzzed files have them), so each problem stays on one line."""
+    return ".".join(str(p) if str(p).isprintable() else repr(p) for p in loc)
+
+
 def format_errors(exc: ValidationError) -> list[str]:
     """One line per problem: key path, the offending value and what is allowed."""
     lines = []
     for err in exc.errors():
-        # repr() for keys with line breaks or control characters keeps each problem on one line.
-        loc = ".".join(str(p) if str(p).isprintable() else repr(p) for p in err["loc"]) or "(top level)"
+        loc = key_path(err["loc"]) or "(top level)"
         value = err.get("input")
         shown = "" if isinstance(value, dict) else f" = {value!r}"
         if err["type"] == "extra_forbidden":

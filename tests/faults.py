@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -34,6 +35,16 @@ EVENT_LINE = re.compile(r"msg=event camera=\S+ type=(\S+) event_id=(\S+) seq=(\d
 EAGER = {"threshold": 0.5, "start_windows": 1, "end_windows": 1, "cooldown_s": 0.0, "update_interval_s": 0.5}
 
 Key = tuple[str, str, int]  # (event_id, type, seq): what a consumer deduplicates on
+
+
+def outbox_events(state_dir: Path) -> list[dict[str, Any]]:
+    """The events waiting in a daemon's outbox, in sending order (read-only: the daemon may be running)."""
+    db = sqlite3.connect(f"file:{state_dir / 'outbox.db'}?mode=ro", uri=True, timeout=10)
+    try:
+        rows = db.execute("SELECT topic, payload FROM messages ORDER BY id").fetchall()
+    finally:
+        db.close()
+    return [json.loads(payload) for topic, payload in rows if topic.endswith("/events")]
 
 
 def camera(source: str | int, camera_id: str = "cam0", **settings: Any) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import pytest
 
 from edge.outbox import IncidentMark, Outbox
 from edge.synthetic import write_stream
+from tests.faults import outbox_events
 from tests.fixtures_broker import PASSWORD, Broker, Subscriber
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,14 +97,6 @@ def sent_keys(stderr: str) -> list[tuple[str, int]]:
     return [(m.group(1), int(m.group(2))) for m in EVENT_LINE.finditer(stderr)]
 
 
-def queued_keys(outbox: Path) -> list[tuple[str, int]]:
-    """Events a dead daemon left unacknowledged in its outbox, read the way the next start reads them."""
-    with contextlib.closing(sqlite3.connect(outbox)) as db:
-        rows = db.execute("SELECT topic, payload FROM messages ORDER BY id").fetchall()
-    events = [json.loads(payload) for topic, payload in rows if topic.endswith("/events")]
-    return [(e["event_id"], e["seq"]) for e in events]
-
-
 def received_keys(sub: Subscriber) -> list[tuple[str, int]]:
     return [(e["event_id"], e["seq"]) for e in events_of(sub)]
 
@@ -165,8 +158,8 @@ def test_broker_outage_and_sigkill_lose_no_event(broker_factory, subscriber, str
     broker.start()
     # A SIGKILL can land between an event's commit and its log line: such an event is not in the log
     # but is in the outbox, and the next start sends it. It counts as sent, not as a stranger.
-    sent = sent_keys(err1) + [key for key in queued_keys(tmp_path / "state" / "outbox.db")
-                              if key not in sent_keys(err1)]
+    queued = [(e["event_id"], e["seq"]) for e in outbox_events(tmp_path / "state")]
+    sent = sent_keys(err1) + [key for key in queued if key not in sent_keys(err1)]
     second = start_daemon(config)
     try:
         assert sub.wait_for(lambda msgs: set(sent) <= set(received_keys(sub)), 120), "events lost"

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 
 from edge.synthetic import write_stream
-from tests.faults import DEVICE, EAGER, Key, camera, launch, received, tally, write_config
+from tests.faults import DEVICE, EAGER, Key, camera, launch, outbox_events, received, tally, write_config
 from tests.fixtures_broker import Subscriber
 from tests.fixtures_rtsp import wait_until
 
@@ -32,13 +31,8 @@ def fights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def outbox_keys(state_dir: Path) -> set[Key]:
-    """The events still waiting in the daemon's outbox (read-only, next to the running daemon)."""
-    db = sqlite3.connect(f"file:{state_dir / 'outbox.db'}?mode=ro", uri=True, timeout=10)
-    try:
-        payloads = [json.loads(row[0]) for row in db.execute("SELECT payload FROM messages")]
-    finally:
-        db.close()
-    return {(e["event_id"], e["type"], e["seq"]) for e in payloads}
+    """The events still waiting in the daemon's outbox."""
+    return {(e["event_id"], e["type"], e["seq"]) for e in outbox_events(state_dir)}
 
 
 def report(name: str, counts: dict[str, int]) -> None:
