@@ -49,7 +49,7 @@ import numpy as np
 
 from edge.bundle import read_manifest
 from edge.classifier import Prediction
-from edge.config import Config, ConfigError, DecisionConfig, load_config, validate_config
+from edge.config import Config, ConfigError, DecisionConfig, validate_config
 from edge.decision import Decider
 from edge.models import resolve_bundle
 from edge.replay import VIDEO_SUFFIXES, ReplayError, file_camera, load_model, probe, scan, select_camera
@@ -210,6 +210,7 @@ class _Sweep:
         self.hours = sum(r.duration_s for r in quiet) / 3600.0
         self.runs = {k: np.concatenate([run_scores(r.scores, k) for r in quiet]) for k in START_WINDOWS}
         self.points: dict[tuple[int, float], Point] = {}
+        self._delays: dict[tuple[int, float], list[float]] = {}  # per evaluated point, for the chosen one
 
     def point(self, k: int, threshold: float) -> Point:
         key = (k, threshold)
@@ -227,6 +228,7 @@ class _Sweep:
         if self.labelled:
             recall, delays, extra = self._recall(settings)
             delay = float(np.mean(delays)) if delays else None
+            self._delays[k, threshold] = delays
         return Point(k, threshold, count, count / self.hours * 24.0, recall, delay, extra)
 
     def _recall(self, settings: DecisionConfig) -> tuple[float, list[float], int]:
@@ -245,10 +247,6 @@ class _Sweep:
                     delays.append(max(0.0, found[hits[0]][0] - start))
             unmatched += len(found) - len(used)
         return (len(delays) / total if total else 0.0), delays, unmatched
-
-    def delays(self, k: int, threshold: float) -> list[float]:
-        settings = self.base.model_copy(update={"threshold": threshold, "start_windows": k})
-        return self._recall(settings)[1] if self.labelled else []
 
     def choose(self, k: int, target: float) -> Choice | None:
         """The lowest threshold from which every higher one meets the target, or None."""
@@ -274,8 +272,9 @@ class _Sweep:
         if highest is not None and highest >= 10**-DIGITS:
             # The setting just under the quiet scores, for the curve: the cliff the margin measures.
             self.point(k, round(math.floor(highest * 10**DIGITS) / 10**DIGITS, DIGITS))
-        delays = self.delays(k, best)
-        return Choice(self.point(k, best), highest, None if highest is None else best - highest,
+        chosen = self.point(k, best)
+        delays = self._delays.get((k, best), [])
+        return Choice(chosen, highest, None if highest is None else best - highest,
                       max(delays) if delays else None)
 
 
@@ -539,8 +538,8 @@ def edit_decision(text: str, camera_id: str, threshold: float, start_windows: in
     return edited
 
 
-def write_decision(path: Path, camera_id: str, threshold: float, start_windows: int) -> Config:
-    """Edit the file in place (atomically, mode kept) and return it loaded again."""
+def write_decision(path: Path, camera_id: str, threshold: float, start_windows: int) -> None:
+    """Edit the file in place (atomically, mode kept); the edited text is validated before it is written."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -556,4 +555,3 @@ def write_decision(path: Path, camera_id: str, threshold: float, start_windows: 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return load_config(path)

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import cv2
 import numpy as np
@@ -63,11 +63,20 @@ class ReplayError(Exception):
 class Window:
     """One classified window and the hysteresis phase it left the decider in."""
 
-    ts: float
-    score: float
-    top_label: str
     phase: Phase
     prediction: Prediction  # without its frame, so hours of windows fit in memory
+
+    @property
+    def ts(self) -> float:
+        return self.prediction.ts
+
+    @property
+    def score(self) -> float:
+        return self.prediction.anomaly_score
+
+    @property
+    def top_label(self) -> str:
+        return self.prediction.top_label
 
 
 @dataclass(frozen=True)
@@ -101,7 +110,6 @@ class Scan:
     events: list[Event] = field(default_factory=list)
     transitions: list[Transition] = field(default_factory=list)
     scene_cuts: list[float] = field(default_factory=list)  # stream times of the frames read as a cut
-    stats: dict[str, Any] = field(default_factory=dict)
 
     @property
     def duration_s(self) -> float:
@@ -176,7 +184,7 @@ def scan(
     def window(prediction: Prediction) -> None:
         kept = dataclasses.replace(prediction, frame=None)
         phase = pipeline.decider.phase
-        result.windows.append(Window(prediction.ts, prediction.anomaly_score, prediction.top_label, phase, kept))
+        result.windows.append(Window(phase, kept))
 
     def state(online: bool, reason: str) -> None:
         if online:
@@ -203,7 +211,6 @@ def scan(
     if failures:
         reason = failures[0].removeprefix(f"camera {camera.id}: ")
         raise ReplayError(f"{result.video}: {reason}")
-    result.stats = pipeline.stats()
     return result
 
 
@@ -213,7 +220,6 @@ class Annotator:
     def __init__(self, path: Path, fps: float) -> None:
         self.path = path
         self.fps = fps
-        self.frames = 0
         self._writer: cv2.VideoWriter | None = None
         self._latest: Window | None = None
 
@@ -226,7 +232,6 @@ class Annotator:
                 raise OSError(f"{self.path}: OpenCV cannot open an mp4v writer (is FFmpeg support missing?)")
         self.draw(image, frame.ts, window, incident)
         self._writer.write(image)
-        self.frames += 1
 
     @staticmethod
     def draw(image: np.ndarray, ts: float, window: Window | None, incident: bool) -> None:
@@ -342,7 +347,7 @@ def summary(result: Replay) -> str:
     d = scan_.decision
     lines = [
         f"replay {scan_.video.name}: {scan_.frames} frames, {scan_.duration_s:.1f} s, "
-        f"{scan_.stats.get('windows', 0)} windows, model {result.model}",
+        f"{len(scan_.windows)} windows, model {result.model}",
         f"decision: threshold {d.threshold:g}, start_windows {d.start_windows}, end_windows {d.end_windows}, "
         f"cooldown {d.cooldown_s:g} s, hop {d.hop}",
     ]
