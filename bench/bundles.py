@@ -15,8 +15,6 @@ from bench.common import Settings, tflite_python
 from edge.bundle import read_manifest, sha256_file
 from edge.models import BUILTIN, resolve_bundle
 
-VARIANTS = ("stream", "window")
-
 
 @dataclass
 class Converted:

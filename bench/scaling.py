@@ -31,8 +31,6 @@ def realtime(settings: Settings, stream: dict, bundle: Path, cameras: int) -> di
         threading.Thread(target=wait, daemon=True).start()
 
     done = run_daemon(settings.work / f"realtime-{cameras}", configs, bundle, on_started=watch)
-    if done.code != 0:
-        raise RuntimeError(f"daemon exited with {done.code}: {done.stderr[-500:]}")
     fps = []
     for i in range(cameras):
         play = done.between(f"camera cam{i} online", f"camera cam{i} offline: end of file")
