@@ -29,8 +29,8 @@ def run(settings: Settings, models: Models) -> Table:
     if found is None:
         raise ValueError(f"{settings.model}: no run.json beside it; pass a model from `rclstm-convert train`")
     run_record = found[0]
-    view = "binary" if run_record["anomaly_labels"] else "macro"
-    data_dir, cache = run_record["data_dir"], settings.work / "frames"
+    view = "binary" if run_record.anomaly_labels else "macro"
+    data_dir, cache = run_record.data_dir, settings.work / "frames"
     table = Table("accuracy", f"Accuracy per quantization mode on the held-out test clips ({view} view)",
                   ["model", "clips", "accuracy", "precision", "recall", "f1", "size_kb", "runtimes", "gate"])
     keras = evaluate(settings.model, data_dir, cache=cache)
@@ -47,8 +47,8 @@ def run(settings: Settings, models: Models) -> Table:
         })
         if converted.refused:
             table.notes.append(f"{mode}: {converted.refused}")
-    table.extra.update(run_dir=run_record["run_dir"], view=view, labels=run_record["labels"],
-                       anomaly_labels=run_record["anomaly_labels"])
+    table.extra.update(run_dir=str(run_record.run_dir), view=view, labels=run_record.labels,
+                       anomaly_labels=run_record.anomaly_labels)
     table.notes.append(f"model {settings.model}; {keras['clips']} held-out clips ({keras['clips_used']}) of "
                        f"{data_dir}; one window per clip")
     return table

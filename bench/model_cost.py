@@ -20,6 +20,7 @@ import sys
 import tempfile
 from itertools import cycle
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,11 +28,14 @@ from bench.bundles import Models
 from bench.common import ROOT, Settings, Table, seconds_per_call
 from edge.runtime import BundleModel
 
+if TYPE_CHECKING:
+    from converter.runs import RunRecord
+
 GOAL_VS_WINDOW = 10.0
 GOAL_VS_KERAS = 100.0
 
 
-def held_out_windows(settings: Settings, count: int) -> tuple[np.ndarray, dict]:
+def held_out_windows(settings: Settings, count: int) -> tuple[np.ndarray, RunRecord]:
     """Windows of the run's held-out clips (as evaluation builds them) and the run record."""
     from converter import dataset as ds
     from converter.runs import find_run, held_out
@@ -41,8 +45,8 @@ def held_out_windows(settings: Settings, count: int) -> tuple[np.ndarray, dict]:
     if found is None:
         raise ValueError(f"{settings.model}: no run.json beside it; pass a model from `rclstm-convert train`")
     run, split = found
-    data = held_out(run, split, None, settings.work / "frames", run["frames"], run["size"])
-    return ds.windows(data.clips[:count], run["frames"], run["representation"]), run
+    data = held_out(run, split, None, settings.work / "frames", run.frames, run.size)
+    return ds.windows(data.clips[:count], run.frames, run.representation), run
 
 
 def keras_child(model: Path, windows: Path, threads: int, calls: int, repeats: int) -> dict:
@@ -131,8 +135,8 @@ def run(settings: Settings, models: Models) -> Table:
     table.notes += [
         f"goals: (c) >= {GOAL_VS_WINDOW:g}x cheaper than (b) and >= {GOAL_VS_KERAS:g}x cheaper than (a), identical "
         "decisions; medians of repeats; Keras is not quantized, so (a) is the same float model in every row",
-        f"model {settings.model} ({run_record['representation']}, {run_record['frames']} frames of "
-        f"{run_record['size']}x{run_record['size']}); {len(windows)} held-out windows; runtime ai-edge-litert",
+        f"model {settings.model} ({run_record.representation}, {run_record.frames} frames of "
+        f"{run_record.size}x{run_record.size}); {len(windows)} held-out windows; runtime ai-edge-litert",
     ]
     return table
 

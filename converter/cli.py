@@ -1,4 +1,4 @@
-"""`rclstm-convert`: synth, train, evaluate, convert, inspect.
+"""`rclstm-convert`: synth, train, evaluate, crosseval, convert, inspect.
 
 TensorFlow is imported only inside the subcommands that need it, so `--help`, `synth` and `inspect`
 start in a fraction of a second. Bad input is one line on stderr and exit status 2; a conversion
@@ -11,8 +11,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
+from converter.bootstrap import DEFAULT_RESAMPLES
 from converter.dataset import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_CACHE, DEFAULT_REPRESENTATION, DataError
+from converter.sampling import DEFAULT_HOP, DEFAULT_INTERVAL_S, DEFAULT_METHOD, SAMPLING_METHODS
+from converter.sources import Source, parse_class_map, parse_source, unique_sources
+from converter.splits import PROTOCOLS
 from edge.bundle import BundleError
 from edge.preprocess import REPRESENTATIONS
 from edge.runtime import RuntimeMissing
@@ -42,6 +47,71 @@ def _size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def _data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", nargs="+", metavar="DATA",
+                        help="dataset folder(s), each a source: PATH (named after the folder) or NAME=PATH")
+    parser.add_argument("--class-map", metavar="MAP",
+                        help="class folders to labels across sources, FOLDER=LABEL,... (e.g. violent=fight,"
+                             "noFight=normal) or a file of FOLDER=LABEL lines; a folder named like a label maps to "
+                             "itself (default: every folder is its own label)")
+
+
+def _sampling_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--frames", type=int, default=20, help="model inputs per window (default 20)")
+    parser.add_argument("--sampling", choices=SAMPLING_METHODS, default=DEFAULT_METHOD,
+                        help=f"how windows take frames: spread (frames+1 over each whole clip, the shipped model's) "
+                             f"or interval (frames+1 taken --interval apart, several windows per long clip, as the "
+                             f"device samples) (default {DEFAULT_METHOD})")
+    parser.add_argument("--interval", type=float, default=DEFAULT_INTERVAL_S,
+                        help=f"seconds between sampled frames with --sampling interval (default {DEFAULT_INTERVAL_S})")
+    parser.add_argument("--hop", type=int, default=DEFAULT_HOP,
+                        help=f"sampled frames between evaluation windows with --sampling interval; the device's "
+                             f"decision.hop (default {DEFAULT_HOP})")
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    """What data, which model and how to train it: shared by train and crosseval."""
+    _data_args(parser)
+    parser.add_argument("--arch", choices=["rclstm", "convlstm"], default="rclstm", help="default rclstm")
+    parser.add_argument("--classes", type=_names, help="comma-separated subset of class folders (default all)")
+    parser.add_argument("--anomaly-classes", type=_names, default=[],
+                        help="labels (after --class-map) that count as Anomaly (default none)")
+    parser.add_argument("--representation", choices=REPRESENTATIONS, default=DEFAULT_REPRESENTATION,
+                        help=f"default {DEFAULT_REPRESENTATION} (rgb is the paper's)")
+    parser.add_argument("--epochs", type=int, help="default 70 (rclstm) / 50 (convlstm)")
+    parser.add_argument("--patience", type=int, help="default 15 (rclstm) / 10 (convlstm)")
+    parser.add_argument("--batch-size", type=int, default=4, help="default 4")
+    parser.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    parser.add_argument("--augment", choices=AUGMENTS, default=DEFAULT_AUGMENT, help=f"default {DEFAULT_AUGMENT}")
+    _sampling_args(parser)
+    parser.add_argument("--size", type=int, default=64, help="input frame side in pixels (default 64)")
+    parser.add_argument("--filters", type=_ints, default=[16, 32, 64, 64],
+                        help="rclstm conv filters (default 16,32,64,64)")
+    parser.add_argument("--pools", type=_ints, default=[4, 4, 2, 2], help="rclstm max-pool sizes (default 4,4,2,2)")
+    parser.add_argument("--dropout", type=float, default=0.25, help="default 0.25")
+    parser.add_argument("--lstm-units", type=int, default=32, help="default 32")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="default 0.001")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
+                        help=f"decoded-frame cache (default {DEFAULT_CACHE})")
+
+
+def _sources(texts: list[str]) -> list[Source]:
+    return unique_sources([parse_source(t) for t in texts])
+
+
+def _train_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """TrainOptions fields from the flags _model_args defines."""
+    convlstm = args.arch == "convlstm"
+    return dict(
+        sources=_sources(args.data), class_map=parse_class_map(args.class_map), arch=args.arch, classes=args.classes,
+        anomaly_classes=args.anomaly_classes, representation=args.representation,
+        epochs=args.epochs or (50 if convlstm else 70), patience=args.patience or (10 if convlstm else 15),
+        batch_size=args.batch_size, seed=args.seed, augment=args.augment, frames=args.frames, sampling=args.sampling,
+        interval=args.interval, hop=args.hop, size=args.size, filters=args.filters, pools=args.pools,
+        dropout=args.dropout, lstm_units=args.lstm_units, learning_rate=args.learning_rate, cache=args.cache,
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Train, evaluate and convert RCLSTM video classifiers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -53,36 +123,35 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--size", type=_size, default=(96, 72), help="WIDTHxHEIGHT (default 96x72)")
     synth.add_argument("--frames-per-clip", type=_ints, default=[30, 40], help="MIN,MAX frames per clip")
 
-    train = sub.add_parser("train", help="train on DATA_DIR (one folder of videos per class)")
-    train.add_argument("data_dir", type=Path)
-    train.add_argument("--arch", choices=["rclstm", "convlstm"], default="rclstm")
+    train = sub.add_parser("train", help="train on one or more datasets (one folder of videos per class each)")
+    _model_args(train)
     train.add_argument("--out", type=Path, required=True, help="run directory to write")
-    train.add_argument("--classes", type=_names, help="comma-separated subset of class folders")
-    train.add_argument("--anomaly-classes", type=_names, default=[], help="classes that count as Anomaly")
-    train.add_argument("--representation", choices=REPRESENTATIONS, default=DEFAULT_REPRESENTATION,
-                       help=f"default {DEFAULT_REPRESENTATION} (rgb is the paper's)")
-    train.add_argument("--epochs", type=int, help="default 70 (rclstm) / 50 (convlstm)")
-    train.add_argument("--patience", type=int, help="default 15 (rclstm) / 10 (convlstm)")
-    train.add_argument("--batch-size", type=int, default=4)
-    train.add_argument("--seed", type=int, default=0)
     repeat = train.add_mutually_exclusive_group()
-    repeat.add_argument("--seeds", type=int, default=1, help="repeated splits with seeds SEED..SEED+N-1")
-    repeat.add_argument("--folds", type=int, default=0, help="group k-fold cross-validation")
-    train.add_argument("--split", choices=["group", "random"], default="group")
-    train.add_argument("--augment", choices=AUGMENTS, default=DEFAULT_AUGMENT, help=f"default {DEFAULT_AUGMENT}")
-    train.add_argument("--frames", type=int, default=20)
-    train.add_argument("--size", type=int, default=64)
-    train.add_argument("--filters", type=_ints, default=[16, 32, 64, 64])
-    train.add_argument("--pools", type=_ints, default=[4, 4, 2, 2])
-    train.add_argument("--dropout", type=float, default=0.25)
-    train.add_argument("--lstm-units", type=int, default=32)
-    train.add_argument("--learning-rate", type=float, default=1e-3)
-    train.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
-                       help=f"decoded-frame cache (default {DEFAULT_CACHE})")
+    repeat.add_argument("--seeds", type=int, default=1, help="repeated splits with seeds SEED..SEED+N-1 (default 1)")
+    repeat.add_argument("--folds", type=int, default=0, help="group k-fold cross-validation (default off)")
+    train.add_argument("--split", choices=["group", "random"], default="group",
+                       help="group keeps every source group on one side, stratified on source and label "
+                            "(default group)")
+
+    crosseval = sub.add_parser(
+        "crosseval", help="leave-one-source-out (and pooled group split) evaluation, per clip and through the "
+                          "daemon's decision rule, with group-bootstrap intervals; see docs/models.md")
+    _model_args(crosseval)
+    crosseval.add_argument("--out", type=Path, required=True, help="folder for results.json and the plots")
+    crosseval.add_argument("--seeds", type=int, default=2, help="seeds SEED..SEED+N-1 per protocol (default 2)")
+    crosseval.add_argument("--protocols", type=_names, default=list(PROTOCOLS),
+                           help=f"comma-separated, of {', '.join(PROTOCOLS)}: loso trains on every other source and "
+                                "tests every clip of the held-out one; group splits all sources' groups together "
+                                "(the in-source figure) (default loso,group)")
+    crosseval.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES,
+                           help=f"group-bootstrap resamples for the 95 %% intervals (default {DEFAULT_RESAMPLES})")
+    crosseval.add_argument("--no-plots", action="store_true", help="skip the PNGs (default: write them)")
 
     evaluate = sub.add_parser("evaluate", help="metrics for a .keras model or a bundle directory")
     evaluate.add_argument("model", type=Path)
-    evaluate.add_argument("data_dir", type=Path)
+    evaluate.add_argument("data", nargs="+", metavar="DATA",
+                          help="dataset folder(s), PATH or NAME=PATH as in train (a run's held-out clips are found by "
+                               "source name, the folder's name by default)")
     evaluate.add_argument("--run", type=Path, help="run directory whose held-out clips to use")
     evaluate.add_argument("--json", action="store_true")
     evaluate.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
@@ -126,18 +195,11 @@ def _run(args: argparse.Namespace) -> int:
         print(describe(args.bundle))
         return 0
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from converter.train import TrainOptions, train
     if args.command == "train":
-        from converter.train import TrainOptions, train
 
-        convlstm = args.arch == "convlstm"
-        opts = TrainOptions(
-            data_dir=args.data_dir, out=args.out, arch=args.arch, classes=args.classes,
-            anomaly_classes=args.anomaly_classes, representation=args.representation,
-            epochs=args.epochs or (50 if convlstm else 70), patience=args.patience or (10 if convlstm else 15),
-            batch_size=args.batch_size, seed=args.seed, seeds=args.seeds, folds=args.folds, split=args.split,
-            augment=args.augment, frames=args.frames, size=args.size, filters=args.filters, pools=args.pools,
-            dropout=args.dropout, lstm_units=args.lstm_units, learning_rate=args.learning_rate, cache=args.cache,
-        )
+        opts = TrainOptions(data_dir=None, out=args.out, seeds=args.seeds, folds=args.folds, split=args.split,
+                            **_train_fields(args))
         train(opts)
         print(f"wrote {args.out}")
         return 0
@@ -145,9 +207,19 @@ def _run(args: argparse.Namespace) -> int:
         from converter.evaluate import evaluate, to_json
         from converter.metrics import table
 
-        result = evaluate(args.model, args.data_dir, args.run, args.cache)
+        result = evaluate(args.model, _sources(args.data), args.run, args.cache)
         print(to_json(result) if args.json else f"{result['model']} on {result['clips']} clips "
               f"({result['clips_used']}):\n{table(result, result['labels'])}")
+        return 0
+    if args.command == "crosseval":
+        from converter.crosseval import CrossEvalOptions, crosseval, summary_table
+
+        results = crosseval(CrossEvalOptions(
+            train=TrainOptions(data_dir=None, out=args.out, **_train_fields(args)), seeds=args.seeds,
+            protocols=args.protocols, resamples=args.bootstrap, plots=not args.no_plots, argv=sys.argv[1:],
+        ))
+        print(summary_table(results))
+        print(f"wrote {args.out}")
         return 0
     from converter.convert import ConvertOptions, convert
 

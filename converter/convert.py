@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
@@ -41,7 +40,8 @@ import numpy as np
 
 from converter import dataset as ds
 from converter.metrics import scores, summarize
-from converter.runs import find_run, held_out, test_clips
+from converter.runs import RunRecord, find_run, held_out
+from converter.sampling import WindowSampling
 from edge.bundle import (
     MODEL_NAME,
     Manifest,
@@ -292,18 +292,20 @@ def _summary_metrics(summary: dict[str, Any], view: str) -> Metrics:
                    clips=summary["clips"], runs=summary["runs"], view=view)  # type: ignore[arg-type]
 
 
-def _training_record(run: dict[str, Any] | None, split: int) -> dict[str, Any]:
+def _training_record(run: RunRecord | None, split: int) -> dict[str, Any]:
     if run is None:
         return {}
     flat: dict[str, Any] = {}
-    for key, value in run.get("options", {}).items():
+    for key, value in run.options.items():
         if isinstance(value, list):
             flat[key] = [str(v) for v in value]
         elif value is None or isinstance(value, (str, int, float, bool)):
             flat[key] = value
     # The held-out clips the bundle's metrics were measured on, so `evaluate BUNDLE DATA_DIR` can reuse them.
-    flat.update(grouping=run.get("grouping"), split_index=split, data_dir=run.get("data_dir"),
-                test_clips=test_clips(run, split))
+    flat.update(grouping=run.grouping, split_index=split, data_dir=run.data_dir, hop=run.hop,
+                sources=[f"{s.name}={s.path}" for s in run.sources],
+                class_map=[f"{folder}={label}" for folder, label in run.class_map.items()],
+                test_clips=run.split_test_clips(split))
     return flat
 
 
@@ -331,10 +333,11 @@ def convert(opts: ConvertOptions) -> Report:
         raise ConvertError(f"{opts.model}: {exc}") from None
     found = find_run(opts.model)
     run, split = found if found else (None, 0)
-    representation = opts.representation or (run["representation"] if run else "rgb")
+    representation = opts.representation or (run.representation if run else "rgb")
     if representation not in REPRESENTATIONS:
         raise ConvertError(f"--representation {representation!r} is not one of {', '.join(REPRESENTATIONS)}")
-    frames, size = (run["frames"], run["size"]) if run else (20, 64)
+    frames, size = (run.frames, run.size) if run else (20, 64)
+    sampling = run.window_sampling() if run else WindowSampling("spread", frames)
     expected = (frames, size, size, channels_for(representation))
     actual = tuple(model.input_shape[1:])
     if actual != expected:
@@ -344,8 +347,8 @@ def convert(opts: ConvertOptions) -> Report:
             "train with matching --frames/--size/--representation"
         )
     data = held_out(run, split, opts.data, opts.cache, frames, size)
-    labels = run["labels"] if run else data.labels
-    anomaly = opts.anomaly_classes if opts.anomaly_classes is not None else (run["anomaly_labels"] if run else [])
+    labels = run.labels if run else data.labels
+    anomaly = opts.anomaly_classes if opts.anomaly_classes is not None else (run.anomaly_labels if run else [])
     name = opts.name or out_name(opts.out)
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", name):
         raise ConvertError(f"--name {name!r}: use up to 100 letters, digits, '.', '_' or '-' (it is in every event)")
@@ -357,9 +360,8 @@ def convert(opts: ConvertOptions) -> Report:
                            f"classes ({', '.join(labels)})")
     rng = np.random.default_rng(0)
     picks = sorted(rng.permutation(len(data.clips))[:PARITY_WINDOWS])
-    windows = ds.windows([data.clips[i] for i in picks], frames, representation)
-    keras_all = _held_out_probs(lambda w: model.predict(w, batch_size=8, verbose=0), data.clips, frames,
-                                representation)
+    windows = np.stack([ds.eval_windows(data.clips[i], sampling, representation)[0] for i in picks])
+    keras_all = ds.clip_probs(ds.keras_predictor(model), data.clips, sampling, representation, SCORE_CHUNK)
     keras_probs = keras_all[picks]
 
     twins = build_twins(model, arch, opts.whole_window)
@@ -374,7 +376,8 @@ def convert(opts: ConvertOptions) -> Report:
             calib_data = ds.load_dataset(opts.calibration, labels, frames, size, opts.cache)
         elif run:
             held = {item.clip.name for item in data.clips}
-            all_clips = ds.load_dataset(Path(run["data_dir"]), labels, frames, size, opts.cache)
+            all_clips = ds.load_dataset(run.source_list(), run.options.get("classes"), frames, size, opts.cache,
+                                        class_map=run.class_map, sampling=sampling)
             calib_data = ds.Dataset([c for c in all_clips.clips if c.clip.name not in held], labels, [], "")
         else:
             raise ConvertError("--quantize int8 needs calibration clips: pass --calibration DATA_DIR")
@@ -393,7 +396,7 @@ def convert(opts: ConvertOptions) -> Report:
         bundle.mkdir()
         model_file = bundle / MODEL_NAME
         model_file.write_bytes(flat)
-        sampling = run["sampling"] if run else ds.sampling_stats(data.clips, frames)
+        recorded = run.sampling if run else sampling.manifest([(len(d.frames), d.fps) for d in data.clips])
         view = "binary" if anomaly else "macro"
         manifest = Manifest(
             name=name,
@@ -403,7 +406,7 @@ def convert(opts: ConvertOptions) -> Report:
             anomaly_labels=anomaly,
             input={"frames": frames, "height": size, "width": size, "channels": channels_for(representation),
                    "representation": representation, "preprocess_version": PREPROCESS_VERSION},
-            sampling=Sampling(**sampling),
+            sampling=Sampling(**recorded),
             quantization=opts.quantize,
             signatures=_signatures(model_file),
             sha256=sha256_file(model_file),
@@ -416,8 +419,8 @@ def convert(opts: ConvertOptions) -> Report:
         write_manifest(bundle, manifest)
 
         litert = BundleModel(bundle, runtime="ai-edge-litert")
-        bundle_all = _held_out_probs(lambda w: np.stack([litert.predict_window(x) for x in w]), data.clips, frames,
-                                     representation)
+        bundle_all = ds.clip_probs(lambda w: np.stack([litert.predict_window(x) for x in w]), data.clips, sampling,
+                                   representation, SCORE_CHUNK)
         bundle_probs = bundle_all[picks]
         y_all = np.array([labels.index(item.clip.label) for item in data.clips])
         keras_result = scores(y_all, keras_all.argmax(1), labels, anomaly)
@@ -463,7 +466,7 @@ def convert(opts: ConvertOptions) -> Report:
                                  f"held-out clips (< {MIN_TOP1:.0%}); --force to keep it anyway")
 
         metrics = {"keras": _metrics(keras_result, view), "bundle": _metrics(bundle_result, view)}
-        summary_path = Path(run["run_dir"]) / "metrics.json" if run else None
+        summary_path = run.run_dir / "metrics.json" if run and run.run_dir else None
         if opts.every_split:
             per_split = _score_every_split(opts, run, split, {"keras": keras_result, "bundle": bundle_result}, work)
             for kind in ("keras", "bundle"):
@@ -487,19 +490,11 @@ def convert(opts: ConvertOptions) -> Report:
     return Report(out, manifest, parity, notes, {"keras": keras_result, "bundle": bundle_result})
 
 
-def _held_out_probs(
-    predict: Callable[[np.ndarray], np.ndarray], clips: list[ds.Decoded], frames: int, representation: Representation
-) -> np.ndarray:
-    """Probabilities for every held-out clip, a chunk of windows at a time."""
-    return np.concatenate([predict(ds.windows(clips[start:start + SCORE_CHUNK], frames, representation))
-                           for start in range(0, len(clips), SCORE_CHUNK)])
-
-
 def _score_every_split(
-    opts: ConvertOptions, run: dict[str, Any] | None, split: int, this: dict[str, dict[str, Any]], work: Path
+    opts: ConvertOptions, run: RunRecord | None, split: int, this: dict[str, dict[str, Any]], work: Path
 ) -> list[dict[str, dict[str, Any]]]:
     """Keras and bundle scores of every split's model, each converted exactly like this one."""
-    models = sorted(Path(run["run_dir"]).glob("runs/[0-9]*/model.keras")) if run else []
+    models = sorted(run.run_dir.glob("runs/[0-9]*/model.keras")) if run and run.run_dir else []
     if len(models) < 2:
         raise ConvertError(f"--every-split: {opts.model} is not from a run with several splits; "
                            "train with --seeds N or --folds K")

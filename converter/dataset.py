@@ -8,8 +8,8 @@ the clips this tool is for are seconds long.
 
 What is skipped, always listed in the output and never a crash:
 - a video OpenCV cannot open or decode (corrupt, truncated, unknown codec);
-- a clip with fewer frames than the window needs (``frames``): spreading 21 samples over fewer
-  frames would repeat frames and teach the model that repeated frames (zero motion) are normal.
+- a clip too short for one window (see converter.sampling): sampling it would repeat frames and
+  teach the model that repeated frames (zero motion) are normal.
 A missing or empty data folder, or a class folder without videos, is an error (DataError).
 """
 
@@ -18,21 +18,22 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import cv2
 import numpy as np
 
 from converter.groups import assign_groups
+from converter.sampling import WindowSampling
+from converter.sources import Source, SourceError, map_class
 from edge.preprocess import (
     PREPROCESS_VERSION,
     SCALE,
     Representation,
     prepare_frame,
-    spread_indices,
     window_inputs,
 )
 
@@ -55,13 +56,15 @@ class DataError(Exception):
 @dataclass(frozen=True)
 class Clip:
     path: Path
-    label: str
-    group: str
+    label: str  # after the class map: the label the model learns
+    group: str  # prefixed with the source name, so sources never share a group
+    source: str = ""
 
     @property
     def name(self) -> str:
-        """``class/file``: how clips are named in run records, stable across machines."""
-        return f"{self.path.parent.name}/{self.path.name}"
+        """``source/class/file`` (``class/file`` for a legacy unnamed source): stable across machines."""
+        local = f"{self.path.parent.name}/{self.path.name}"
+        return f"{self.source}/{local}" if self.source else local
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ class Dataset:
     labels: list[str]  # class names, index = class id
     skipped: list[tuple[str, str]]  # (clip name, reason)
     grouping: str
+    sources: list[Source] = field(default_factory=list)
 
     @property
     def y(self) -> np.ndarray:
@@ -93,9 +97,15 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def scan(data_dir: Path, classes: Sequence[str] | None = None) -> tuple[list[Clip], list[str], str]:
-    """Clips per class folder with their source groups; raises DataError for unusable layouts."""
-    data_dir = Path(data_dir)
+def scan(
+    data_dir: Path | Source, classes: Sequence[str] | None = None, class_map: Mapping[str, str] | None = None
+) -> tuple[list[Clip], list[str], str]:
+    """Clips per class folder with their (source-prefixed) groups and mapped labels; DataError for unusable layouts.
+
+    Labels are the mapped class names in folder order; a bare path is a legacy unnamed source.
+    """
+    source = data_dir if isinstance(data_dir, Source) else Source("", Path(data_dir))
+    data_dir = source.path
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: data folder not found; pass a folder with one sub-folder of videos per class")
     folders = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -117,12 +127,18 @@ def scan(data_dir: Path, classes: Sequence[str] | None = None) -> tuple[list[Cli
                 f"{folder}: class folder has no videos ({', '.join(VIDEO_EXTENSIONS)}); add clips or remove the folder"
             )
         clips_by_class[folder.name] = videos
-    if len(clips_by_class) < 2:
-        raise DataError(f"{data_dir}: only one class folder ({folders[0].name}); a classifier needs at least two")
-    paths = [(label, p) for label, videos in clips_by_class.items() for p in videos]
-    groups, how = assign_groups([p.stem for _, p in paths], data_dir)
-    clips = [Clip(p, label, g) for (label, p), g in zip(paths, groups, strict=True)]
-    return clips, list(clips_by_class), how
+    try:
+        mapped = {folder: map_class(folder, class_map or {}, source) for folder in clips_by_class}
+        paths = [(mapped[folder], p) for folder, videos in clips_by_class.items() for p in videos]
+        groups, how = assign_groups([p.stem for _, p in paths], data_dir)
+    except (SourceError, ValueError) as exc:
+        raise DataError(str(exc)) from None
+    labels = list(dict.fromkeys(mapped.values()))
+    if len(labels) < 2:
+        raise DataError(f"{data_dir}: only one class ({labels[0]}) after the class map; a classifier needs two or more")
+    prefix = f"{source.name}:" if source.name else ""
+    clips = [Clip(p, label, prefix + g, source.name) for (label, p), g in zip(paths, groups, strict=True)]
+    return clips, labels, how
 
 
 def _cache_path(cache_dir: Path, path: Path, height: int, width: int) -> Path:
@@ -173,18 +189,41 @@ def load_clip(clip: Clip, height: int, width: int, cache_dir: Path | None) -> tu
     return Decoded(clip, frames, fps), True
 
 
+def _sources(data_dir: Path | Source | Sequence[Source]) -> list[Source]:
+    if isinstance(data_dir, Source):
+        return [data_dir]
+    if isinstance(data_dir, (str, Path)):
+        return [Source("", Path(data_dir))]  # a bare folder: the legacy unnamed source (clip names class/file)
+    return list(data_dir)
+
+
 def load_dataset(
-    data_dir: Path,
+    data_dir: Path | Source | Sequence[Source],
     classes: Sequence[str] | None = None,
     frames: int = 20,
     size: int = 64,
     cache_dir: Path | None = DEFAULT_CACHE,
     only: set[str] | None = None,
     log: Callable[[str], None] = _log,
+    class_map: Mapping[str, str] | None = None,
+    sampling: WindowSampling | None = None,
 ) -> Dataset:
-    """Scan, decode (or read from cache) and filter a data folder; ``only`` restricts to named clips."""
+    """Scan, decode (or read from cache) and filter one or several sources; ``only`` restricts to named clips.
+
+    Labels are the mapped class names in order of first appearance over the sources.
+    """
     cache_dir = Path(cache_dir) if cache_dir else None
-    clips, labels, grouping = scan(data_dir, classes)
+    sampling = sampling or WindowSampling("spread", frames)
+    sources = _sources(data_dir)
+    clips: list[Clip] = []
+    labels: list[str] = []
+    how: list[str] = []
+    for source in sources:
+        found, source_labels, grouping = scan(source, classes, class_map)
+        clips += found
+        labels += [label for label in source_labels if label not in labels]
+        how.append(f"{source.name}: {grouping}" if source.name else grouping)
+    grouping = "; ".join(how)
     if only is not None:
         clips = [c for c in clips if c.name in only]
     decoded: list[Decoded] = []
@@ -199,29 +238,43 @@ def load_dataset(
         fresh += was_decoded
         if was_decoded and (fresh % 25 == 0 or i == len(clips)):
             log(f"decoding {i}/{len(clips)} clips ({fresh} decoded, the rest cached)")
-        if len(item.frames) < frames:
-            skipped.append((clip.name, f"only {len(item.frames)} frames, fewer than the {frames} a window needs"))
+        reason = sampling.skip_reason(len(item.frames), item.fps)
+        if reason:
+            skipped.append((clip.name, reason))
             continue
         decoded.append(item)
-    log(f"{data_dir}: {len(decoded)} clips in {len(labels)} classes ({grouping}); {fresh} decoded, "
+    where = ", ".join(str(s.path) for s in sources)
+    log(f"{where}: {len(decoded)} clips in {len(labels)} classes ({grouping}); {fresh} decoded, "
         f"{len(decoded) + len(skipped) - fresh} from cache, {len(skipped)} skipped")
     for name, reason in skipped:
         log(f"  skipped {name}: {reason}")
     if not decoded:
-        raise DataError(f"{data_dir}: no usable clips (all {len(skipped)} skipped); see the list above")
-    return Dataset(decoded, labels, skipped, grouping)
+        raise DataError(f"{where}: no usable clips (all {len(skipped)} skipped); see the list above")
+    return Dataset(decoded, labels, skipped, grouping, sources)
 
 
-def sample_indices(n_frames: int, frames: int, rng: np.random.Generator | None = None) -> np.ndarray:
-    """``frames + 1`` indices spread over the clip; with ``rng``, each moved by up to half a spacing."""
-    idx = spread_indices(n_frames, frames + 1)
-    if rng is None:
-        return idx
-    half = int((n_frames - 1) / frames // 2)
-    if half == 0:
-        return idx
-    moved = np.clip(idx + rng.integers(-half, half + 1, idx.shape), 0, n_frames - 1)
-    return np.maximum.accumulate(moved)  # keep time order
+def window_at(item: Decoded, idx: np.ndarray, representation: Representation, flip: bool = False) -> np.ndarray:
+    """The model window (T x H x W x C) for sampled frame indices, built by the device's window_inputs."""
+    prepared = item.frames[idx].astype(np.float32) * np.float32(SCALE)
+    if flip:
+        prepared = prepared[:, :, ::-1]
+    return window_inputs(list(prepared), representation)
+
+
+def train_windows(
+    item: Decoded,
+    sampling: WindowSampling,
+    representation: Representation,
+    rng: np.random.Generator | None = None,
+    augment: Augment = "none",
+) -> list[np.ndarray]:
+    """A clip's training windows for one epoch; with ``rng``, the augmentations ``augment`` names."""
+    jitter = rng is not None and "jitter" in augment
+    out = []
+    for idx in sampling.train_indices(len(item.frames), item.fps, rng if jitter else None):
+        flip = rng is not None and "flip" in augment and bool(rng.random() < 0.5)
+        out.append(window_at(item, idx, representation, flip))
+    return out
 
 
 def window(
@@ -231,27 +284,51 @@ def window(
     rng: np.random.Generator | None = None,
     augment: Augment = "none",
 ) -> np.ndarray:
-    """One model window (T x H x W x C) for a clip, built by the device's window_inputs."""
-    jitter = rng is not None and "jitter" in augment
-    idx = sample_indices(len(item.frames), frames, rng if jitter else None)
-    prepared = item.frames[idx].astype(np.float32) * np.float32(SCALE)
-    if rng is not None and "flip" in augment and rng.random() < 0.5:
-        prepared = prepared[:, :, ::-1]
-    return window_inputs(list(prepared), representation)
+    """One spread window for a clip (the paper's sampling)."""
+    return train_windows(item, WindowSampling("spread", frames), representation, rng, augment)[0]
 
 
 def windows(items: Sequence[Decoded], frames: int, representation: Representation) -> np.ndarray:
+    """One spread window per clip."""
     return np.stack([window(item, frames, representation) for item in items])
 
 
-def sampling_stats(items: Sequence[Decoded], frames: int) -> dict[str, float]:
-    """Time between sampled frames (clip duration / frames): what the device must reproduce."""
-    intervals = np.array([item.duration_s / frames for item in items])
-    median = float(np.median(intervals))
-    return {
-        "method": "spread",
-        "frame_interval_s": median,
-        "window_s": median * frames,
-        "interval_min_s": float(intervals.min()),
-        "interval_max_s": float(intervals.max()),
-    }
+def eval_windows(item: Decoded, sampling: WindowSampling, representation: Representation) -> np.ndarray:
+    """Every evaluation window of a clip (one for ``spread``; the device's grid for ``interval``)."""
+    return np.stack([window_at(item, idx, representation)
+                     for idx in sampling.eval_indices(len(item.frames), item.fps)])
+
+
+def keras_predictor(model: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """Windows -> probabilities for a Keras model, batched as training, evaluation and conversion do."""
+    return lambda batch: model.predict(batch, batch_size=8, verbose=0)
+
+
+def clip_probs(
+    predict: Callable[[np.ndarray], np.ndarray],
+    items: Sequence[Decoded],
+    sampling: WindowSampling,
+    representation: Representation,
+    chunk: int = 64,
+) -> np.ndarray:
+    """Class probabilities per clip: the mean over its evaluation windows, predicted ``chunk`` windows at a time."""
+    out: list[np.ndarray] = []
+    pending: list[np.ndarray] = []
+    counts: list[int] = []
+
+    def flush() -> None:
+        probs = np.asarray(predict(np.concatenate(pending)))
+        for piece in np.split(probs, np.cumsum(counts)[:-1]):
+            out.append(piece.mean(axis=0))
+        pending.clear()
+        counts.clear()
+
+    for item in items:
+        batch = eval_windows(item, sampling, representation)
+        pending.append(batch)
+        counts.append(len(batch))
+        if sum(counts) >= chunk:
+            flush()
+    if pending:
+        flush()
+    return np.stack(out)

@@ -16,14 +16,24 @@ import numpy as np
 
 from converter import dataset as ds
 from converter.metrics import scores
-from converter.runs import find_run, held_out, test_clips
+from converter.runs import find_run, held_out
+from converter.sampling import DEFAULT_HOP, WindowSampling
+from converter.sources import Source
 from edge.bundle import read_manifest
 
 
+def _sources(data: Path | list[Source]) -> list[Source]:
+    return [Source("", Path(data))] if isinstance(data, (str, Path)) else list(data)
+
+
 def evaluate(
-    model: Path, data_dir: Path, run_dir: Path | None = None, cache: Path | None = ds.DEFAULT_CACHE
+    model: Path, data: Path | list[Source], run_dir: Path | None = None, cache: Path | None = ds.DEFAULT_CACHE
 ) -> dict[str, Any]:
-    """Scores (see converter.metrics.scores) plus which clips were used and what was evaluated."""
+    """Scores (see converter.metrics.scores) plus which clips were used and what was evaluated.
+
+    Each clip is scored as training's sampling says (one spread window, or the mean over its
+    interval windows); a bundle samples as its manifest says.
+    """
     model = Path(model)
     is_bundle = model.is_dir()
     if run_dir is not None:
@@ -33,42 +43,59 @@ def evaluate(
     else:
         found = None if is_bundle else find_run(model)
     run, split = found if found else (None, 0)
-    recorded = None
+    sources = _sources(data)
     if is_bundle:
         manifest = read_manifest(model)
         frames, size, representation = manifest.input.frames, manifest.input.height, manifest.input.representation
         labels, anomaly = manifest.labels, manifest.anomaly_labels
-        recorded = manifest.training.get("test_clips") if run is None else None
+        sampling = WindowSampling(manifest.sampling.method, frames, manifest.sampling.frame_interval_s,
+                                  int(manifest.training.get("hop") or DEFAULT_HOP))
     elif run is not None:
-        frames, size, representation = run["frames"], run["size"], run["representation"]
-        labels, anomaly = run["labels"], run["anomaly_labels"]
+        frames, size, representation = run.frames, run.size, run.representation
+        labels, anomaly, sampling = run.labels, run.anomaly_labels, run.window_sampling()
     else:
         raise ds.DataError(f"{model}: no run.json beside the model; pass --run RUN_DIR (the folder `train` wrote)")
+    recorded: list[str] | None = None
     if run is not None:
-        data = held_out(run, split, data_dir, cache, frames, size)
+        data_set = held_out(run, split, sources, cache)
+        expected = run.split_test_clips(split)
     else:
-        only = set(recorded) if isinstance(recorded, list) else None
-        data = ds.load_dataset(data_dir, labels, frames, size, cache, only=only)
+        recorded = _recorded_test_clips(manifest.training)
+        legacy = not manifest.training.get("sources") and len(sources) == 1
+        chosen = [Source("", sources[0].path)] if legacy else sources
+        data_set = ds.load_dataset(chosen, None, frames, size, cache, only=set(recorded) if recorded else None,
+                                   class_map=_class_map(manifest.training), sampling=sampling)
+        expected = recorded or []
     predict = _bundle_predictor(model) if is_bundle else _keras_predictor(model)
-    windows = ds.windows(data.clips, frames, representation)
-    probs = predict(windows)
-    y = np.array([labels.index(item.clip.label) for item in data.clips])
+    probs = ds.clip_probs(predict, data_set.clips, sampling, representation)
+    y = np.array([labels.index(item.clip.label) for item in data_set.clips])
     result = scores(y, probs.argmax(1), labels, anomaly)
     result.update(
         model=str(model),
         kind="bundle" if is_bundle else "keras",
         labels=labels,
-        clips_used="held-out test clips of the run" if run or recorded else "every clip in the data folder",
-        missing_test_clips=sorted(set(test_clips(run, split)) - {c.clip.name for c in data.clips}) if run else [],
+        sampling=sampling.method,
+        clips_used="held-out test clips of the run" if run or recorded else "every clip in the data folder(s)",
+        missing_test_clips=sorted(set(expected) - {c.clip.name for c in data_set.clips}),
     )
     return result
+
+
+def _recorded_test_clips(training: dict[str, Any]) -> list[str] | None:
+    clips = training.get("test_clips")
+    return list(clips) if isinstance(clips, list) else None
+
+
+def _class_map(training: dict[str, Any]) -> dict[str, str]:
+    """The class map a bundle's training recorded (``FOLDER=LABEL`` strings)."""
+    entries = training.get("class_map") or []
+    return dict(entry.split("=", 1) for entry in entries) if isinstance(entries, list) else {}
 
 
 def _keras_predictor(path: Path) -> Any:
     from converter.convert import load_model
 
-    model = load_model(path)
-    return lambda windows: model.predict(windows, batch_size=8, verbose=0)
+    return ds.keras_predictor(load_model(path))
 
 
 def _bundle_predictor(path: Path) -> Any:

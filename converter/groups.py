@@ -10,7 +10,10 @@ of the activity and inflates the test score. Two conventions are understood:
   under two URLs merges those sources; a clip inside two dataset ranges stays in the first, since a
   range names one dataset (the fight dataset's map gives 45 groups this way).
 
-Clips with neither are their own group.
+- A generic ``groups.tsv`` (clip stem, TAB, group id; ``#`` comments and blank lines allowed), the
+  simplest way to group any other dataset; it wins over the other two when present.
+
+Clips with none of these, or not listed in the file, are their own group.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import re
 from pathlib import Path
 
 SOURCE_MAP_NAME = "videos.txt"
+GROUPS_TSV_NAME = "groups.tsv"
 _UCF_GROUP = re.compile(r"_g(\d+)_", re.IGNORECASE)
 _RANGE = re.compile(r"^([A-Za-z]+)(\d+)\s*-\s*([A-Za-z]+)(\d+)\s*:\s*(.+)$")
 _CLIP = re.compile(r"^([A-Za-z][\w-]*?\d+)\s*:")
@@ -73,8 +77,28 @@ def parse_source_map(path: Path) -> dict[str, str]:
     return {item: sets.find(item) for item in sets.parent if not re.match(r"^([a-z]+://|dataset:)", item)}
 
 
+def parse_groups_tsv(path: Path) -> dict[str, str]:
+    """Clip stem -> group id from a ``groups.tsv``; a malformed line is a ValueError naming file and line."""
+    mapping: dict[str, str] = {}
+    for number, raw in enumerate(Path(path).read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        line = raw.rstrip("\r\n")
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        stem, tab, group = line.partition("\t")
+        if not tab:
+            raise ValueError(f"{path}:{number}: no TAB in {line.strip()[:60]!r}; write CLIP_STEM<TAB>GROUP_ID per line")
+        if not stem.strip() or not group.strip():
+            raise ValueError(f"{path}:{number}: empty clip stem or group id; write CLIP_STEM<TAB>GROUP_ID per line")
+        mapping[stem.strip()] = group.strip()
+    return mapping
+
+
 def assign_groups(stems: list[str], data_dir: Path) -> tuple[list[str], str]:
-    """A group per clip stem, and which convention produced them ("source map", "ucf50" or "per clip")."""
+    """A group per clip stem, and which convention produced them ("groups.tsv", "source map", "ucf50" or "per clip")."""
+    tsv = Path(data_dir) / GROUPS_TSV_NAME
+    if tsv.is_file():
+        mapping = parse_groups_tsv(tsv)
+        return [mapping.get(stem, f"clip:{stem}") for stem in stems], GROUPS_TSV_NAME
     source_map = Path(data_dir) / SOURCE_MAP_NAME
     if source_map.is_file():
         mapping = parse_source_map(source_map)

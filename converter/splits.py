@@ -88,3 +88,16 @@ def group_kfold(labels: Sequence[str], groups: Sequence[str], folds: int, seed: 
         fold_counts[f] += counts[g]
     clip_fold = fold_of[group_of]
     return [(np.flatnonzero(clip_fold != f), np.flatnonzero(clip_fold == f)) for f in range(folds)]
+
+
+# crosseval's protocols: leave one source out (the headline: cameras never seen in training), and one
+# group split over every source pooled (the in-source figure: other scenes of the same cameras were seen).
+PROTOCOLS = ("loso", "group")
+
+
+def leave_one_source_out(sources: Sequence[str], held: str) -> Split:
+    """Train on every clip of the other sources, test on every clip of ``held``."""
+    sources_arr = np.asarray(sources)
+    if not (sources_arr == held).any() or (sources_arr == held).all():
+        raise ValueError(f"leave-one-source-out needs clips of {held!r} and of at least one other source")
+    return np.flatnonzero(sources_arr != held), np.flatnonzero(sources_arr == held)

@@ -24,6 +24,9 @@ import numpy as np
 from converter import dataset as ds
 from converter.metrics import scores, summarize, table
 from converter.models import build_convlstm, build_rclstm
+from converter.runs import RunRecord, SourceRecord, SplitRecord
+from converter.sampling import DEFAULT_HOP, DEFAULT_INTERVAL_S, DEFAULT_METHOD, SamplingMethod, WindowSampling
+from converter.sources import Source, unique_sources
 from converter.splits import Split, group_kfold, group_split, random_split
 from edge.preprocess import Representation, channels_for
 
@@ -33,8 +36,13 @@ VAL_FRACTION = 0.2
 
 @dataclass
 class TrainOptions:
-    data_dir: Path
+    data_dir: Path | None  # one folder (named after itself); or None with ``sources``
     out: Path
+    sources: list[Source] = field(default_factory=list)
+    class_map: dict[str, str] = field(default_factory=dict)
+    sampling: SamplingMethod = DEFAULT_METHOD
+    interval: float = DEFAULT_INTERVAL_S
+    hop: int = DEFAULT_HOP
     arch: str = "rclstm"
     classes: list[str] | None = None
     anomaly_classes: list[str] = field(default_factory=list)
@@ -56,37 +64,63 @@ class TrainOptions:
     learning_rate: float = 1e-3
     cache: Path | None = ds.DEFAULT_CACHE
 
+    def source_list(self) -> list[Source]:
+        if self.sources:
+            return unique_sources(self.sources)
+        if self.data_dir is None:
+            raise ds.DataError("no data: pass one or more DATA_DIR (or NAME=PATH)")
+        return [Source(Path(self.data_dir).resolve().name, Path(self.data_dir))]
+
+    def window_sampling(self) -> WindowSampling:
+        return WindowSampling(self.sampling, self.frames, self.interval, self.hop)
+
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
 class _Augmented(keras.utils.PyDataset):
-    """Training windows rebuilt every epoch with fresh jitter/flip draws."""
+    """Training windows rebuilt every epoch with fresh draws (window starts, jitter, flip)."""
 
     def __init__(self, items: list[ds.Decoded], y: np.ndarray, opts: TrainOptions, seed: int) -> None:
         super().__init__()
         self.items, self.y, self.opts = items, y, opts
+        self.sampling = opts.window_sampling()
         self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(items))
+        # One entry per (clip, window): a long clip gives several windows per epoch under interval sampling.
+        self.entries = [(i, k) for i, item in enumerate(items)
+                        for k in range(len(self.sampling.train_indices(len(item.frames), item.fps)))]
+        self.order = self.rng.permutation(len(self.entries))
 
     def __len__(self) -> int:
-        return int(np.ceil(len(self.items) / self.opts.batch_size))
+        return int(np.ceil(len(self.entries) / self.opts.batch_size))
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        picks = self.order[index * self.opts.batch_size : (index + 1) * self.opts.batch_size]
+        picks = [self.entries[j] for j in self.order[index * self.opts.batch_size : (index + 1) * self.opts.batch_size]]
         x = np.stack([
-            ds.window(self.items[i], self.opts.frames, self.opts.representation, self.rng, self.opts.augment)
-            for i in picks
+            ds.train_windows(self.items[i], self.sampling, self.opts.representation, self.rng, self.opts.augment)[k]
+            for i, k in picks
         ])
-        return x, self.y[picks]
+        return x, self.y[[i for i, _ in picks]]
 
     def on_epoch_end(self) -> None:
-        self.order = self.rng.permutation(len(self.items))
+        self.order = self.rng.permutation(len(self.entries))
+
+
+def fixed_windows(items: list[ds.Decoded], y: np.ndarray, opts: TrainOptions) -> tuple[np.ndarray, np.ndarray]:
+    """Every clip's training windows without randomness, and their labels (validation; training without augment)."""
+    per_clip = [ds.train_windows(item, opts.window_sampling(), opts.representation) for item in items]
+    return np.stack([w for ws in per_clip for w in ws]), np.repeat(y, [len(ws) for ws in per_clip])
+
+
+def strata(data: ds.Dataset, idx: np.ndarray | None = None) -> list[str]:
+    """What splits stratify on: source and label, so each source keeps its class mix on both sides."""
+    picked = data.clips if idx is None else [data.clips[i] for i in idx]
+    return [f"{d.clip.source}|{d.clip.label}" for d in picked]
 
 
 def make_splits(data: ds.Dataset, opts: TrainOptions) -> list[Split]:
-    labels = [d.clip.label for d in data.clips]
+    labels = strata(data)
     groups = [d.clip.group if opts.split == "group" else d.clip.name for d in data.clips]
     if opts.folds:
         return group_kfold(labels, groups, opts.folds, opts.seed)
@@ -97,7 +131,7 @@ def make_splits(data: ds.Dataset, opts: TrainOptions) -> list[Split]:
 
 def _validation(data: ds.Dataset, train_idx: np.ndarray, opts: TrainOptions, seed: int) -> Split:
     """Carve a validation split out of the training clips (whole groups for a group split)."""
-    labels = [data.clips[i].clip.label for i in train_idx]
+    labels = strata(data, train_idx)
     try:
         if opts.split == "group":
             inner = group_split(labels, [data.clips[i].clip.group for i in train_idx], VAL_FRACTION, seed)
@@ -116,29 +150,23 @@ def build_model(opts: TrainOptions, num_classes: int) -> keras.Model:
                         opts.lstm_units, opts.learning_rate)
 
 
-def _fit_one(data: ds.Dataset, split: Split, opts: TrainOptions, run: int) -> tuple[keras.Model, dict, dict]:
-    seed = opts.seed + run
+def fit(data: ds.Dataset, train_idx: np.ndarray, opts: TrainOptions, seed: int) -> tuple[keras.Model, dict, dict]:
+    """Train one model on ``train_idx`` (early stopping on a validation split of its groups); model, history, record."""
     keras.utils.set_random_seed(seed)
-    train_idx, val_idx = _validation(data, split[0], opts, seed + 1000)
+    train_idx, val_idx = _validation(data, train_idx, opts, seed + 1000)
     y = data.y
     items = data.clips
     model = build_model(opts, len(data.labels))
     monitor = "val_loss" if len(val_idx) else "loss"
     stop = keras.callbacks.EarlyStopping(monitor=monitor, patience=opts.patience, restore_best_weights=True)
-    val = None
-    if len(val_idx):
-        val = (ds.windows([items[i] for i in val_idx], opts.frames, opts.representation), y[val_idx])
-    _log(f"split {run + 1}: {len(train_idx)} train, {len(val_idx)} validation, {len(split[1])} test clips")
+    val = fixed_windows([items[i] for i in val_idx], y[val_idx], opts) if len(val_idx) else None
     if opts.augment == "none":
-        train_x = ds.windows([items[i] for i in train_idx], opts.frames, opts.representation)
-        history = model.fit(train_x, y[train_idx], batch_size=opts.batch_size, epochs=opts.epochs,
+        train_x, train_y = fixed_windows([items[i] for i in train_idx], y[train_idx], opts)
+        history = model.fit(train_x, train_y, batch_size=opts.batch_size, epochs=opts.epochs,
                             validation_data=val, callbacks=[stop], verbose=2, shuffle=True)
     else:
         train_data = _Augmented([items[i] for i in train_idx], y[train_idx], opts, seed)
         history = model.fit(train_data, epochs=opts.epochs, validation_data=val, callbacks=[stop], verbose=2)
-    test_x = ds.windows([items[i] for i in split[1]], opts.frames, opts.representation)
-    predicted = np.argmax(model.predict(test_x, batch_size=8, verbose=0), axis=1)
-    result = scores(y[split[1]], predicted, data.labels, opts.anomaly_classes)
     losses = history.history.get(monitor, [])
     record = {
         "seed": seed,
@@ -147,9 +175,17 @@ def _fit_one(data: ds.Dataset, split: Split, opts: TrainOptions, run: int) -> tu
         "monitor": monitor,
         "train_clips": len(train_idx),
         "validation_clips": len(val_idx),
-        "test_clips": [items[i].clip.name for i in split[1]],
     }
-    return model, {k: [float(v) for v in vs] for k, vs in history.history.items()}, {**result, **record}
+    return model, {k: [float(v) for v in vs] for k, vs in history.history.items()}, record
+
+
+def _fit_one(data: ds.Dataset, split: Split, opts: TrainOptions, run: int) -> tuple[keras.Model, dict, dict]:
+    _log(f"split {run + 1}: {len(split[0])} train (validation carved from them), {len(split[1])} test clips")
+    model, history, record = fit(data, split[0], opts, opts.seed + run)
+    test = [data.clips[i] for i in split[1]]
+    probs = ds.clip_probs(ds.keras_predictor(model), test, opts.window_sampling(), opts.representation)
+    result = scores(data.y[split[1]], probs.argmax(1), data.labels, opts.anomaly_classes)
+    return model, history, {**result, **record, "test_clips": [item.clip.name for item in test]}
 
 
 def _plot(out: Path, histories: list[dict], runs: list[dict], labels: list[str]) -> None:
@@ -189,14 +225,7 @@ def _plot(out: Path, histories: list[dict], runs: list[dict], labels: list[str])
 
 def train(opts: TrainOptions) -> dict:
     """Train one model per split; write the run directory; return the metrics summary."""
-    if opts.arch not in ("rclstm", "convlstm"):
-        raise ValueError(f"--arch {opts.arch!r} is not rclstm or convlstm")
-    if opts.augment not in ds.AUGMENTS:
-        raise ValueError(f"--augment {opts.augment!r} is not one of {', '.join(ds.AUGMENTS)}")
-    data = ds.load_dataset(opts.data_dir, opts.classes, opts.frames, opts.size, opts.cache)
-    unknown = [c for c in opts.anomaly_classes if c not in data.labels]
-    if unknown:
-        raise ds.DataError(f"--anomaly-classes {', '.join(unknown)} not among the classes {', '.join(data.labels)}")
+    data = load(opts)
     splits = make_splits(data, opts)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -213,25 +242,50 @@ def train(opts: TrainOptions) -> dict:
         _log(table(record, data.labels))
     summary = summarize(runs)
     _log(f"over {len(runs)} split(s):\n" + table(summary, data.labels))
-    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}
     (out / "history.json").write_text(json.dumps(histories, indent=1) + "\n")
     (out / "metrics.json").write_text(json.dumps({"summary": summary, "runs": runs}, indent=1) + "\n")
-    run_record = {
-        "options": options,
-        "data_dir": str(Path(opts.data_dir).resolve()),
-        "labels": data.labels,
-        "anomaly_labels": opts.anomaly_classes,
-        "representation": opts.representation,
-        "frames": opts.frames,
-        "size": opts.size,
-        "grouping": data.grouping,
-        "sampling": ds.sampling_stats(data.clips, opts.frames),
-        "skipped": [f"{name}: {reason}" for name, reason in data.skipped],
-        "test_clips": runs[0]["test_clips"],
-        "splits": [{k: v for k, v in r.items() if k not in ("per_class", "confusion")} for r in runs],
-    }
-    (out / "run.json").write_text(json.dumps(run_record, indent=1) + "\n")
+    record_run(opts, data, [SplitRecord(**{k: v for k, v in r.items() if k not in ("per_class", "confusion")})
+                            for r in runs]).write(out)
     _plot(out, histories, runs, data.labels)
     if (out / "runs").exists() and len(splits) == 1:
         shutil.rmtree(out / "runs")  # a stale multi-split layout from an earlier run would mislead
     return summary
+
+
+def load(opts: TrainOptions) -> ds.Dataset:
+    """Check the options and load every source; DataError / ValueError name the flag and the fix."""
+    if opts.arch not in ("rclstm", "convlstm"):
+        raise ValueError(f"--arch {opts.arch!r} is not rclstm or convlstm")
+    if opts.augment not in ds.AUGMENTS:
+        raise ValueError(f"--augment {opts.augment!r} is not one of {', '.join(ds.AUGMENTS)}")
+    if not opts.interval > 0 or opts.hop < 1:
+        raise ValueError(f"--interval {opts.interval} / --hop {opts.hop}: need a positive interval and hop")
+    data = ds.load_dataset(opts.source_list(), opts.classes, opts.frames, opts.size, opts.cache,
+                           class_map=opts.class_map, sampling=opts.window_sampling())
+    unknown = [c for c in opts.anomaly_classes if c not in data.labels]
+    if unknown:
+        raise ds.DataError(f"--anomaly-classes {', '.join(unknown)} not among the classes {', '.join(data.labels)}")
+    return data
+
+
+def record_run(opts: TrainOptions, data: ds.Dataset, splits: list[SplitRecord]) -> RunRecord:
+    """The run record for a training run over ``data`` (see converter.runs)."""
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()
+               if k not in ("sources", "class_map")}
+    return RunRecord(
+        options=options,
+        data_dir=str(data.sources[0].path.resolve()),
+        sources=[SourceRecord(name=s.name, path=str(s.path.resolve())) for s in data.sources],
+        class_map=opts.class_map,
+        labels=data.labels,
+        anomaly_labels=opts.anomaly_classes,
+        representation=opts.representation,
+        frames=opts.frames,
+        size=opts.size,
+        grouping=data.grouping,
+        sampling=opts.window_sampling().manifest([(len(d.frames), d.fps) for d in data.clips]),
+        hop=opts.hop,
+        skipped=[f"{name}: {reason}" for name, reason in data.skipped],
+        test_clips=splits[0].test_clips if splits else [],
+        splits=splits,
+    )

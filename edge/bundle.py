@@ -60,12 +60,14 @@ class InputSpec(_Strict):
 class Sampling(_Strict):
     """How training picked frames, so the device can pick them the same way by timestamp.
 
-    Training spreads ``frames + 1`` frames evenly over each clip; ``frame_interval_s`` is the typical
-    (median) time between two of them, and the device samples its stream at that interval, so a live
-    window spans the same time a training window did.
+    ``spread``: training spread ``frames + 1`` frames evenly over each clip; ``frame_interval_s`` is the
+    typical (median) time between two of them. ``interval``: training took frames exactly
+    ``frame_interval_s`` apart (several windows from a long clip), the time scale the device serves.
+    Either way the device samples its stream at ``frame_interval_s``, so a live window spans the time
+    a training window did.
     """
 
-    method: Literal["spread"] = "spread"
+    method: Literal["spread", "interval"] = "spread"
     frame_interval_s: float = Field(gt=0, le=60)
     window_s: float = Field(gt=0)
     interval_min_s: float | None = None

@@ -1,0 +1,251 @@
+"""`rclstm-convert crosseval`: how well a model detects on cameras it was never trained on.
+
+An installer's cameras are always cameras the model has not seen, and pooled cross-validation
+over several datasets overstates that (a model learns each dataset's cameras). So the headline is
+**leave-one-source-out** (``loso``): for every source, train on all the others and test on every
+clip of the held-out one. For comparison, ``group`` splits every source's groups together (a
+quarter held out, stratified on source and label) and scores each source's held-out clips: the
+in-source figure, where other scenes of the same cameras were seen in training.
+
+Each protocol runs over ``--seeds`` seeds. Every source is scored twice:
+
+- **per clip**: the clip's class probabilities (the mean over its windows, converter.sampling) and
+  the anomaly class being the most probable, as `evaluate` scores;
+- **event level**: the clip played through the daemon's sampler and decision rule (converter.events;
+  spliced streams of a group's clips for sources whose clips are too short for an incident).
+
+Per protocol, source and level: accuracy, precision, recall, F1 and balanced accuracy (anomaly as
+the positive class) on the units of every seed pooled, with 95 % intervals from a bootstrap over
+groups (converter.bootstrap), and each seed's point scores. ``results.json`` also records the
+options, every seed's train and test clips and every unit's outcome, so two runs can be compared
+clip by clip; ``crosseval.png`` draws the bars with intervals for both levels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converter import dataset as ds
+from converter.bootstrap import DEFAULT_RESAMPLES, METRICS, binary_scores, group_bootstrap
+from converter.device_rule import decision_defaults
+from converter.events import clip_stream, needs_splice, score_streams, spliced_streams
+from converter.splits import PROTOCOLS, Split, group_split, leave_one_source_out
+from converter.train import TEST_FRACTION, TrainOptions, fit, load, strata
+
+RESULTS_NAME = "results.json"
+PLOT_NAME = "crosseval.png"
+LEVELS = ("clip", "event")
+
+
+@dataclass
+class CrossEvalOptions:
+    train: TrainOptions  # sources, model and training settings; ``out`` is where results go
+    seeds: int = 2
+    protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS))
+    resamples: int = DEFAULT_RESAMPLES
+    plots: bool = True
+    argv: list[str] = field(default_factory=list)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _check(opts: CrossEvalOptions) -> None:
+    unknown = [p for p in opts.protocols if p not in PROTOCOLS]
+    if unknown or not opts.protocols:
+        raise ValueError(f"--protocols {','.join(opts.protocols)}: use one or more of {', '.join(PROTOCOLS)}")
+    if opts.seeds < 1 or opts.resamples < 1:
+        raise ValueError("--seeds and --bootstrap need at least 1")
+    if not opts.train.anomaly_classes:
+        raise ValueError("crosseval scores Anomaly vs Normal: pass --anomaly-classes (e.g. fight)")
+    if "loso" in opts.protocols and len(opts.train.source_list()) < 2:
+        raise ValueError("leave-one-source-out needs two or more sources: pass DATA as NAME=PATH NAME=PATH ...")
+
+
+def _splits(data: ds.Dataset, protocol: str, seed: int) -> list[tuple[str, Split]]:
+    """(label, split) pairs for one protocol and seed: one per held-out source (loso) or one pooled split."""
+    sources = [d.clip.source for d in data.clips]
+    if protocol == "loso":
+        return [(s.name, leave_one_source_out(sources, s.name)) for s in data.sources]
+    groups = [d.clip.group for d in data.clips]
+    return [("pooled", group_split(strata(data), groups, TEST_FRACTION, seed))]
+
+
+def _event_interval(data: ds.Dataset, opts: TrainOptions) -> float:
+    """The interval the device would sample at: the run's own (interval) or the median spread (spread)."""
+    sampling = opts.window_sampling().manifest([(len(d.frames), d.fps) for d in data.clips])
+    return float(sampling["frame_interval_s"])
+
+
+def _score(
+    model: Any, data: ds.Dataset, test: np.ndarray, opts: TrainOptions, seed: int, interval: float
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Clip units and event units (one per clip or spliced span) of the test clips, per source."""
+    settings = decision_defaults()
+    anomaly_index = [data.labels.index(a) for a in opts.anomaly_classes]
+    predict = ds.keras_predictor(model)
+    items = [data.clips[i] for i in test]
+    probs = ds.clip_probs(predict, items, opts.window_sampling(), opts.representation)
+    clip_units = []
+    for item, p in zip(items, probs, strict=True):
+        predicted = data.labels[int(np.argmax(p))]
+        clip_units.append({"clip": item.clip.name, "group": item.clip.group, "source": item.clip.source,
+                           "label": item.clip.label, "anomalous": item.clip.label in opts.anomaly_classes,
+                           "predicted": predicted, "alarm": predicted in opts.anomaly_classes,
+                           "score": round(float(p[anomaly_index].sum()), 4)})
+    event_units = []
+    for source in dict.fromkeys(item.clip.source for item in items):
+        mine = [item for item in items if item.clip.source == source]
+        truth = [item.clip.label in opts.anomaly_classes for item in mine]
+        if needs_splice(mine, interval, opts.frames, settings):
+            streams = spliced_streams(mine, truth, seed)
+        else:
+            streams = [clip_stream(item, t) for item, t in zip(mine, truth, strict=True)]
+        event_units += score_streams(predict, streams, opts.representation, opts.frames, interval, settings,
+                                     anomaly_index)
+    return clip_units, event_units
+
+
+def _summaries(units: list[dict[str, Any]], resamples: int) -> list[dict[str, Any]]:
+    """Per protocol, level and source: pooled scores with group-bootstrap intervals and per-seed scores."""
+    out = []
+    keys = dict.fromkeys((u["protocol"], u["level"], u["source"]) for u in units)
+    for protocol, level, source in keys:
+        mine = [u for u in units if (u["protocol"], u["level"], u["source"]) == (protocol, level, source)]
+        truth, alarm = [u["anomalous"] for u in mine], [u["alarm"] for u in mine]
+        seeds = sorted({u["seed"] for u in mine})
+        per_seed = []
+        for seed in seeds:
+            part = [u for u in mine if u["seed"] == seed]
+            per_seed.append({"seed": seed, "units": len(part),
+                             **binary_scores([u["anomalous"] for u in part], [u["alarm"] for u in part])})
+        out.append({
+            "protocol": protocol, "level": level, "source": source,
+            "unit": "span" if any(u.get("spliced") for u in mine) else "clip",
+            "units": len(mine), "units_per_seed": len(mine) // len(seeds), "groups": len({u["group"] for u in mine}),
+            "anomalous_units": int(sum(truth)), "seeds": seeds,
+            "metrics": group_bootstrap(truth, alarm, [u["group"] for u in mine], resamples, seed=0),
+            "per_seed": per_seed,
+        })
+    return out
+
+
+def crosseval(opts: CrossEvalOptions) -> dict[str, Any]:
+    """Train and score every protocol x seed (x held-out source); write results.json and the plot; return them."""
+    _check(opts)
+    topts = opts.train
+    data = load(topts)
+    interval = _event_interval(data, topts)
+    out = Path(topts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    units: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
+    for protocol in opts.protocols:
+        for seed in range(topts.seed, topts.seed + opts.seeds):
+            for held, (train_idx, test_idx) in _splits(data, protocol, seed):
+                _log(f"{protocol} seed {seed}, test {held}: {len(train_idx)} train clips, {len(test_idx)} test clips")
+                model, _, record = fit(data, train_idx, topts, seed)
+                clip_units, event_units = _score(model, data, test_idx, topts, seed, interval)
+                for level, found in zip(LEVELS, (clip_units, event_units), strict=True):
+                    units += [{"protocol": protocol, "seed": seed, "level": level, **u} for u in found]
+                runs.append({"protocol": protocol, "seed": seed, "test": held, **record,
+                             "train_clip_names": [data.clips[i].clip.name for i in train_idx],
+                             "test_clip_names": [data.clips[i].clip.name for i in test_idx]})
+    settings = decision_defaults()
+    results = {
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "argv": opts.argv,
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(topts).items()
+                    if k not in ("sources", "out")},
+        "sources": [{"name": s.name, "path": str(s.path.resolve()),
+                     "clips": sum(d.clip.source == s.name for d in data.clips),
+                     "groups": len({d.clip.group for d in data.clips if d.clip.source == s.name}),
+                     "skipped": [f"{n}: {r}" for n, r in data.skipped if n.startswith(f"{s.name}/")]}
+                    for s in data.sources],
+        "labels": data.labels,
+        "anomaly_labels": topts.anomaly_classes,
+        "class_map": topts.class_map,
+        "grouping": data.grouping,
+        "sampling": topts.window_sampling().manifest([(len(d.frames), d.fps) for d in data.clips]),
+        "event_interval_s": interval,
+        "decision": settings.model_dump(),
+        "seeds": list(range(topts.seed, topts.seed + opts.seeds)),
+        "protocols": opts.protocols,
+        "bootstrap": {"resamples": opts.resamples, "level": 0.95, "resampled": "groups", "pooled_over": "seeds"},
+        "summary": _summaries(units, opts.resamples),
+        "runs": runs,
+        "units": units,
+    }
+    (out / RESULTS_NAME).write_text(json.dumps(_finite(results), indent=1) + "\n", encoding="utf-8")
+    if opts.plots:
+        plot(results, out / PLOT_NAME)
+    return results
+
+
+def _finite(value: Any) -> Any:
+    """NaN (an interval no resample defines) as JSON null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    """One row per protocol, level and source: every metric as value [low, high]."""
+    lines = [f"{'protocol':<9}{'level':<7}{'source':<16}{'units':>6}  " + "  ".join(f"{m:<21}" for m in METRICS)]
+    for row in results["summary"]:
+        cells = []
+        for metric in METRICS:
+            m = row["metrics"][metric]
+            low, high = (f"{v:.2f}" if v is not None and not math.isnan(v) else "-" for v in (m["low"], m["high"]))
+            cells.append(f"{m['value']:.3f} [{low}, {high}]".ljust(21))
+        lines.append(f"{row['protocol']:<9}{row['level']:<7}{row['source']:<16}{row['units']:>6}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> Path:
+    """Per source, each metric's bar with its 95 % interval; one panel per level, protocols side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    rows = results["summary"]
+    columns = list(dict.fromkeys((r["protocol"], r["source"]) for r in rows))
+    fig, axes = plt.subplots(len(LEVELS), 1, figsize=(max(6.0, 2.2 * len(columns)), 3.6 * len(LEVELS)), squeeze=False)
+    width = 0.8 / len(METRICS)
+    for ax, level in zip(axes[:, 0], LEVELS, strict=True):
+        for k, metric in enumerate(METRICS):
+            values, errors = [], [[], []]
+            for protocol, source in columns:
+                row = next((r for r in rows if (r["protocol"], r["source"], r["level"]) == (protocol, source, level)),
+                           None)
+                m = row["metrics"][metric] if row else {"value": 0.0, "low": None, "high": None}
+                values.append(m["value"])
+                low = m["low"] if m["low"] is not None and not math.isnan(m["low"]) else m["value"]
+                high = m["high"] if m["high"] is not None and not math.isnan(m["high"]) else m["value"]
+                errors[0].append(max(m["value"] - low, 0.0))
+                errors[1].append(max(high - m["value"], 0.0))
+            x = np.arange(len(columns)) + (k - (len(METRICS) - 1) / 2) * width
+            ax.bar(x, values, width, yerr=errors, capsize=2, label=metric.replace("_", " "))
+        ax.set_xticks(range(len(columns)), [f"{s}\n({p})" for p, s in columns])
+        ax.set_ylim(0, 1.3)
+        ax.axhline(0.5, color="grey", linewidth=0.5, linestyle=":")
+        ax.set_title(f"{level} level, {len(results['seeds'])} seed(s) pooled, 95 % group-bootstrap intervals")
+        ax.legend(fontsize="small", ncol=len(METRICS), loc="upper center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,155 @@
+"""Event-level scoring: would the daemon have raised an incident, clip by clip (or span by span)?
+
+A user sees incidents, not window scores, so each test clip is played to the model as the device
+would see it: frames sampled on a fixed grid at the device's interval (nearest frame by timestamp),
+a window every ``hop`` sampled frames, scene cuts read as no movement (``decision.scene_cut``), and
+the window scores replayed through the daemon's decision rule (converter.device_rule). A clip is an
+alarm if an incident opened.
+
+An incident needs one window plus ``start_windows - 1`` hops of video (2.8 s at 0.1 s, 20 frames,
+hop 4, 3 windows), longer than fight-surv's 2 s clips. For a source whose median clip is shorter
+than that, the test streams are *spliced*: each group's clips (one camera or scene) are decoded,
+put in a seeded random order and concatenated into one stream, and every clip's time range is a
+span. Rules, with an incident placed at the middle of the window that opened it (``alert_ts -
+window_s / 2``, so a window straddling a splice is attributed to the side it mostly saw):
+
+- an anomalous span is *found* if an incident is open at any time in it (placed start <= span end
+  and close >= span start);
+- a calm span is a *false alarm* if an incident's placed start falls in it.
+
+A stream of a single clip has one span, and the rules reduce to "an incident opened". The units
+(clip or span) then get the same scores and group bootstrap as clips do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from converter import dataset as ds
+from converter.device_rule import incident_times
+from converter.sampling import nearest
+from edge.config import DecisionConfig
+from edge.preprocess import SCALE, Representation, changed_fraction, model_input
+
+CHUNK = 32  # windows predicted at a time
+
+
+@dataclass(frozen=True)
+class Span:
+    clip: str
+    start: float
+    end: float
+    anomalous: bool
+
+
+@dataclass
+class Stream:
+    """Prepared frames (uint8, model size) with their timestamps, and which clip each time range came from."""
+
+    name: str
+    group: str
+    source: str
+    frames: np.ndarray
+    timestamps: np.ndarray
+    spans: list[Span]
+    spliced: bool = False
+
+
+def clip_stream(item: ds.Decoded, anomalous: bool) -> Stream:
+    times = np.arange(len(item.frames)) / item.fps
+    return Stream(item.clip.name, item.clip.group, item.clip.source, item.frames, times,
+                  [Span(item.clip.name, 0.0, len(item.frames) / item.fps, anomalous)])
+
+
+def spliced_streams(items: Sequence[ds.Decoded], anomalous: Sequence[bool], seed: int) -> list[Stream]:
+    """One stream per group: its clips in a seeded random order, back to back."""
+    by_group: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        by_group.setdefault(item.clip.group, []).append(i)
+    rng = np.random.default_rng(seed)
+    streams = []
+    for group in sorted(by_group):
+        order = [by_group[group][j] for j in rng.permutation(len(by_group[group]))]
+        offset, times, spans = 0.0, [], []
+        for i in order:
+            item = items[i]
+            duration = len(item.frames) / item.fps
+            times.append(offset + np.arange(len(item.frames)) / item.fps)
+            spans.append(Span(item.clip.name, offset, offset + duration, bool(anomalous[i])))
+            offset += duration
+        streams.append(Stream(f"{group} ({len(order)} clips)", group, items[order[0]].clip.source,
+                              np.concatenate([items[i].frames for i in order]), np.concatenate(times), spans, True))
+    return streams
+
+
+def needs_splice(items: Sequence[ds.Decoded], interval: float, frames: int, settings: DecisionConfig) -> bool:
+    """True when a source's median clip is shorter than the video one incident needs."""
+    needed = interval * (frames + (settings.start_windows - 1) * settings.hop)
+    return float(np.median([(len(d.frames) - 1) / d.fps for d in items])) < needed
+
+
+def stream_scores(
+    predict: Callable[[np.ndarray], np.ndarray],
+    stream: Stream,
+    representation: Representation,
+    frames: int,
+    interval: float,
+    settings: DecisionConfig,
+    anomaly_index: Sequence[int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Timestamps and anomaly scores of the windows the device would classify over a stream."""
+    targets = np.arange(stream.timestamps[0], stream.timestamps[-1] + 1e-9, interval)
+    samples = nearest(stream.timestamps, targets)
+    prepared = stream.frames[samples].astype(np.float32) * np.float32(SCALE)
+    inputs = []
+    for k in range(1, len(prepared)):
+        previous = prepared[k - 1]
+        if changed_fraction(prepared[k], previous) > settings.scene_cut:
+            previous = prepared[k]  # the daemon reads a cut as no movement
+        inputs.append(model_input(prepared[k], previous, representation))
+    starts = list(range(0, len(inputs) - frames + 1, settings.hop))
+    if not starts:
+        return np.empty(0), np.empty(0)
+    scores = []
+    for first in range(0, len(starts), CHUNK):
+        batch = np.stack([np.stack(inputs[s:s + frames]) for s in starts[first:first + CHUNK]])
+        scores.append(np.asarray(predict(batch))[:, list(anomaly_index)].sum(axis=1))
+    ts = np.array([stream.timestamps[samples[s + frames]] for s in starts])
+    return ts, np.clip(np.concatenate(scores), 0.0, 1.0)
+
+
+def span_alarms(stream: Stream, incidents: Sequence[tuple[float, float]], window_s: float) -> list[bool]:
+    """Per span: found (anomalous span) or false alarm (calm span), by the rules in the module docstring."""
+    placed = [(alert - window_s / 2, closed) for alert, closed in incidents]
+    out = []
+    for span in stream.spans:
+        if span.anomalous:
+            out.append(any(start <= span.end and closed >= span.start for start, closed in placed))
+        else:
+            out.append(any(span.start <= start < span.end for start, _ in placed))
+    return out
+
+
+def score_streams(
+    predict: Callable[[np.ndarray], np.ndarray],
+    streams: Sequence[Stream],
+    representation: Representation,
+    frames: int,
+    interval: float,
+    settings: DecisionConfig,
+    anomaly_index: Sequence[int],
+) -> list[dict[str, object]]:
+    """One unit per span: its clip, group, source, truth and whether the daemon alarmed, plus the incidents."""
+    units: list[dict[str, object]] = []
+    for stream in streams:
+        ts, scores = stream_scores(predict, stream, representation, frames, interval, settings, anomaly_index)
+        found = incident_times(ts, scores, settings)
+        for span, alarm in zip(stream.spans, span_alarms(stream, found, frames * interval), strict=True):
+            units.append({"stream": stream.name, "clip": span.clip, "group": stream.group, "source": stream.source,
+                          "start_s": round(span.start, 3), "end_s": round(span.end, 3), "anomalous": span.anomalous,
+                          "alarm": alarm, "spliced": stream.spliced, "windows": len(ts),
+                          "incidents": [[round(a, 3), round(c, 3)] for a, c in found]})
+    return units
