@@ -28,6 +28,7 @@ import numpy as np
 
 from converter.groups import assign_groups
 from converter.sampling import WindowSampling
+from converter.sampling import sample_indices as sample_indices  # re-exported: callers use ds.sample_indices
 from converter.sources import Source, SourceError, map_class
 from edge.preprocess import (
     PREPROCESS_VERSION,
@@ -224,6 +225,11 @@ def load_dataset(
         labels += [label for label in source_labels if label not in labels]
         how.append(f"{source.name}: {grouping}" if source.name else grouping)
     grouping = "; ".join(how)
+    folders = {c.path.parent.name for c in clips}
+    unused = [folder for folder in (class_map or {}) if folder not in folders]
+    if unused:
+        raise DataError(f"--class-map names {', '.join(unused)}, a class folder in none of the sources; "
+                        "fix the spelling or drop it")
     if only is not None:
         clips = [c for c in clips if c.name in only]
     decoded: list[Decoded] = []
@@ -299,9 +305,20 @@ def eval_windows(item: Decoded, sampling: WindowSampling, representation: Repres
                      for idx in sampling.eval_indices(len(item.frames), item.fps)])
 
 
-def keras_predictor(model: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """Windows -> probabilities for a Keras model, batched as training, evaluation and conversion do."""
-    return lambda batch: model.predict(batch, batch_size=8, verbose=0)
+def keras_predictor(model: Any, batch_size: int = 16) -> Callable[[np.ndarray], np.ndarray]:
+    """Windows -> probabilities for a Keras model, as training, evaluation and conversion score clips.
+
+    Called directly, not through ``model.predict``: predict traces a graph for every new batch shape
+    (seconds each, for a few milliseconds of work on a small model), and clips give many shapes.
+    """
+
+    def predict(windows: np.ndarray) -> np.ndarray:
+        from keras import ops
+
+        return np.concatenate([ops.convert_to_numpy(model(windows[i:i + batch_size], training=False))
+                               for i in range(0, len(windows), batch_size)])
+
+    return predict
 
 
 def clip_probs(

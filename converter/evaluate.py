@@ -16,7 +16,7 @@ import numpy as np
 
 from converter import dataset as ds
 from converter.metrics import scores
-from converter.runs import find_run, held_out
+from converter.runs import find_run, held_out, match_sources
 from converter.sampling import DEFAULT_HOP, WindowSampling
 from converter.sources import Source
 from edge.bundle import read_manifest
@@ -61,9 +61,10 @@ def evaluate(
         expected = run.split_test_clips(split)
     else:
         recorded = _recorded_test_clips(manifest.training)
-        legacy = not manifest.training.get("sources") and len(sources) == 1
-        chosen = [Source("", sources[0].path)] if legacy else sources
-        data_set = ds.load_dataset(chosen, None, frames, size, cache, only=set(recorded) if recorded else None,
+        recorded_sources = manifest.training.get("sources")
+        names = [str(s).split("=", 1)[0] for s in recorded_sources] if isinstance(recorded_sources, list) else []
+        only = set(recorded) if recorded else None
+        data_set = ds.load_dataset(match_sources(names or [""], sources), None, frames, size, cache, only=only,
                                    class_map=_class_map(manifest.training), sampling=sampling)
         expected = recorded or []
     predict = _bundle_predictor(model) if is_bundle else _keras_predictor(model)

@@ -110,13 +110,15 @@ def test_clips(run: RunRecord, split: int) -> list[str]:
     return run.split_test_clips(split)
 
 
-def override_sources(run: RunRecord, data: list[Source] | None) -> list[Source]:
-    """The run's sources, or the given folders in their place (one folder for a one-source run keeps its name)."""
-    if not data:
-        return run.source_list()
-    if len(data) == 1 and len(run.source_list()) == 1:
-        return [Source(run.source_list()[0].name, data[0].path)]
-    return data
+def match_sources(recorded: list[str], given: list[Source]) -> list[Source]:
+    """Given folders in place of a run's sources (names ``recorded``): one folder for a one-source run takes its name.
+
+    So `evaluate MODEL DATA_DIR` finds a one-source run's held-out clips wherever the folder now lives
+    and whatever it is called (a legacy run's source is unnamed, its clips ``class/file``).
+    """
+    if len(given) == 1 and len(recorded) == 1:
+        return [Source(recorded[0], given[0].path)]
+    return given
 
 
 def held_out(
@@ -134,5 +136,6 @@ def held_out(
         return ds.load_dataset(data_dir, None, frames, size, cache)
     given = [Source("", Path(data_dir))] if isinstance(data_dir, (str, Path)) else data_dir
     names = set(run.split_test_clips(split))
-    return ds.load_dataset(override_sources(run, given), run.options.get("classes"), run.frames, run.size, cache,
+    sources = match_sources([s.name for s in run.source_list()], given) if given else run.source_list()
+    return ds.load_dataset(sources, run.options.get("classes"), run.frames, run.size, cache,
                            only=names, class_map=run.class_map, sampling=run.window_sampling())

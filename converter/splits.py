@@ -36,12 +36,16 @@ def group_split(labels: Sequence[str], groups: Sequence[str], test_fraction: flo
     for _ in range(_TRIALS):
         chosen = np.zeros(len(names), bool)
         current = np.zeros(counts.shape[1])
-        for g in rng.permutation(len(names)):
+        order = rng.permutation(len(names))
+        for g in order:
             before = np.square(current - target).sum()
             after = np.square(current + counts[g] - target).sum()
             if after < before:
                 chosen[g] = True
                 current += counts[g]
+        if not chosen.any():  # every group overshoots a small stratum's share: hold out one anyway
+            chosen[order[0]] = True
+            current += counts[order[0]]
         if not chosen.any() or chosen.all():
             continue
         cost = float(np.square(current - target).sum())

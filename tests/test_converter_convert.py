@@ -30,7 +30,7 @@ needs_tflite = pytest.mark.skipif(tflite_python() is None,
 @pytest.fixture(scope="module")
 def held_out_windows(trained_run: Path, frame_cache: Path) -> tuple[np.ndarray, np.ndarray]:
     run, split = find_run(trained_run / "model.keras")  # type: ignore[misc]
-    data = held_out(run, split, None, frame_cache, run["frames"], run["size"])
+    data = held_out(run, split, None, frame_cache)
     return ds.windows(data.clips, 20, "diff"), data.y
 
 

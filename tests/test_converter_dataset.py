@@ -91,9 +91,12 @@ def test_damaged_cache_entry_is_rebuilt(small_data: Path, tmp_path: Path) -> Non
     assert len(again.clips) == 6
 
 
-def test_sampling_stats_follow_clip_duration(small_data: Path, tmp_path: Path) -> None:
+def test_spread_sampling_records_the_median_interval(small_data: Path, tmp_path: Path) -> None:
+    from converter.sampling import WindowSampling
+
     data = ds.load_dataset(small_data, frames=20, size=32, cache_dir=tmp_path / "cache")
-    stats = ds.sampling_stats(data.clips, 20)
+    stats = WindowSampling("spread", 20).manifest([(len(d.frames), d.fps) for d in data.clips])
+    assert stats["method"] == "spread"
     assert stats["frame_interval_s"] == pytest.approx(30 / 25 / 20)
     assert stats["window_s"] == pytest.approx(30 / 25)
 

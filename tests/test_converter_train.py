@@ -20,6 +20,8 @@ def test_run_directory_records_everything_evaluate_and_convert_need(trained_run:
         assert (trained_run / name).read_bytes()[:4] == PNG
     run = json.loads((trained_run / "run.json").read_text())
     assert run["representation"] == "diff" and run["labels"] == ["calm", "fight"]
+    assert run["sources"] == [{"name": "data", "path": str(synth_data.resolve())}] and run["class_map"] == {}
+    assert run["sampling"]["method"] == "spread"
     assert run["options"]["filters"] == [8, 16, 16]
     assert run["sampling"]["frame_interval_s"] > 0
     history = json.loads((trained_run / "history.json").read_text())
@@ -33,9 +35,10 @@ def test_run_directory_records_everything_evaluate_and_convert_need(trained_run:
 
 def test_test_scenes_never_appear_in_training(trained_run: Path, synth_data: Path) -> None:
     from converter.dataset import scan
+    from converter.sources import Source
 
     run = json.loads((trained_run / "run.json").read_text())
-    clips, _, _ = scan(synth_data)
+    clips, _, _ = scan(Source("data", synth_data))
     group = {c.name: c.group for c in clips}
     test = set(run["test_clips"])
     assert test and {c.label for c in clips if c.name in test} == {"calm", "fight"}

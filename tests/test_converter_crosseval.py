@@ -1,0 +1,158 @@
+"""Interval windows, the group bootstrap, the event-level splice, and crosseval end to end on two generated sources."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from converter import dataset as ds
+from converter.bootstrap import METRICS, group_bootstrap
+from converter.device_rule import decision_defaults
+from converter.events import Span, Stream, needs_splice, span_alarms, spliced_streams, stream_scores
+from converter.sampling import WindowSampling
+
+
+def test_interval_windows_for_a_known_clip() -> None:
+    """A 5.03 s clip at 30 fps, 20 frames 0.1 s apart, hop 4: windows start every 0.4 s while 2 s still fit."""
+    sampling = WindowSampling("interval", frames=20, interval_s=0.1, hop=4)
+    windows = sampling.eval_indices(152, 30.0)
+    assert len(windows) == 8  # starts 0.0, 0.4, ... 2.8 s; 3.2 + 2.0 > 5.03
+    assert all(len(w) == 21 for w in windows)
+    assert np.array_equal(windows[0], np.arange(0, 61, 3))  # every third frame: 0.1 s at 30 fps
+    assert [int(w[0]) for w in windows] == [0, 12, 24, 36, 48, 60, 72, 84]  # 0.4 s = 12 frames apart
+    training = sampling.train_indices(152, 30.0, np.random.default_rng(0))
+    assert len(training) == 2  # floor(5.03 s / 2 s) windows per epoch, each 2 s long at random starts
+    assert all(np.array_equal(np.diff(w), np.full(20, 3)) for w in training)
+
+
+def test_a_clip_just_short_of_a_window_is_sampled_over_its_span_and_a_shorter_one_skipped() -> None:
+    sampling = WindowSampling("interval", frames=20, interval_s=0.1)
+    assert sampling.skip_reason(59, 30.0) is None  # 1.93 s: within 90 % of the 2 s window
+    only = sampling.eval_indices(59, 30.0)
+    assert len(only) == 1 and only[0][0] == 0 and only[0][-1] == 58
+    assert "under 90% of a 2.00 s window" in str(sampling.skip_reason(50, 30.0))  # 1.63 s
+    assert WindowSampling("spread", 20).skip_reason(19, 25.0) == "only 19 frames, fewer than the 20 a window needs"
+
+
+def test_bootstrap_of_a_constant_accuracy_input_has_zero_width() -> None:
+    truth = [True, False] * 10
+    result = group_bootstrap(truth, truth, [f"g{i // 2}" for i in range(20)], resamples=200)
+    for metric in METRICS:
+        assert result[metric] == {"value": 1.0, "low": 1.0, "high": 1.0}, metric
+
+
+def test_bootstrap_over_two_groups_gives_the_expected_bounds() -> None:
+    """Group a all right, group b all wrong: resamples are aa (1.0), ab/ba (0.5) or bb (0.0)."""
+    truth = [True, False, True, False]
+    predicted = [True, False, False, True]
+    result = group_bootstrap(truth, predicted, ["a", "a", "b", "b"], resamples=2000, seed=3)
+    assert result["accuracy"] == {"value": 0.5, "low": 0.0, "high": 1.0}
+    assert result["balanced_accuracy"]["value"] == 0.5
+    # Resampling clips instead of groups would never draw an all-wrong set this often: groups move together.
+    single = group_bootstrap(truth, predicted, ["a", "b", "c", "d"], resamples=2000, seed=3)
+    assert single["accuracy"]["low"] == 0.0 and single["accuracy"]["high"] == 1.0
+
+
+def _decoded(name: str, group: str, n_frames: int, fps: float, level: int) -> ds.Decoded:
+    frames = np.full((n_frames, 8, 8, 3), level, np.uint8)
+    frames[::2, :4] += 40  # movement in every other frame
+    label = "fight" if name.startswith("f") else "calm"
+    return ds.Decoded(ds.Clip(Path(f"/x/{label}/{name}.mp4"), label, group, "s"), frames, fps)
+
+
+def test_splice_concatenates_a_groups_clips_and_records_their_spans() -> None:
+    items = [_decoded("f1", "s:g1", 50, 25.0, 10), _decoded("c1", "s:g1", 60, 30.0, 20),
+             _decoded("c2", "s:g2", 40, 25.0, 30)]
+    streams = spliced_streams(items, [True, False, False], seed=0)
+    assert [s.group for s in streams] == ["s:g1", "s:g2"] and all(s.spliced for s in streams)
+    first = streams[0]
+    assert len(first.frames) == len(first.timestamps) == 110
+    assert np.all(np.diff(first.timestamps) > 0)
+    spans = sorted(first.spans, key=lambda s: s.start)
+    assert spans[0].start == 0.0 and spans[0].end == spans[1].start and spans[1].end == pytest.approx(4.0)
+    assert {(s.clip, s.anomalous) for s in spans} == {("s/fight/f1.mp4", True), ("s/calm/c1.mp4", False)}
+    assert spliced_streams(items, [True, False, False], seed=0)[0].spans == first.spans  # seeded order
+    settings = decision_defaults()
+    assert needs_splice(items, 0.1, 20, settings)  # 2 s clips: an incident needs 2.8 s
+    assert not needs_splice([_decoded("f", "g", 150, 30.0, 0)], 0.1, 20, settings)
+
+
+def test_span_rules_found_and_false_alarm() -> None:
+    stream = Stream("g (3 clips)", "g", "s", np.zeros((1, 1, 1, 3), np.uint8), np.zeros(1),
+                    [Span("calm1", 0.0, 2.0, False), Span("fight", 2.0, 4.0, True), Span("calm2", 4.0, 6.0, False)],
+                    True)
+    window_s = 2.0
+    # Alert at 4.5 s: its window's middle (3.5 s) is in the fight; it stays open into calm2 but did not start there.
+    assert span_alarms(stream, [(4.5, 7.0)], window_s) == [False, True, False]
+    # Alert at 5.5 s (placed at 4.5 s, in calm2), closing at 8 s: a false alarm in calm2; the fight is missed.
+    assert span_alarms(stream, [(5.5, 8.0)], window_s) == [False, False, True]
+    assert span_alarms(stream, [], window_s) == [False, False, False]
+
+
+def test_stream_windows_follow_the_device_grid() -> None:
+    item = _decoded("f", "g", 100, 25.0, 0)
+    stream = spliced_streams([item], [True], seed=0)[0]
+    settings = decision_defaults()
+    calls = []
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        calls.append(batch.shape)
+        return np.tile([0.2, 0.8], (len(batch), 1))
+
+    ts, scores = stream_scores(predict, stream, "diff", 20, 0.1, settings, [1])
+    # 4 s at 0.1 s = 40 samples (0.0-3.9 s), 39 inputs; windows of 20 every 4 samples: starts 0..16.
+    assert len(ts) == 5 and np.allclose(np.diff(ts), 0.4) and ts[0] == pytest.approx(2.0)
+    assert calls[0][1:] == (20, 8, 8, 3) and np.allclose(scores, 0.8)
+
+
+@pytest.fixture(scope="module")
+def two_generated_sources(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two sources that differ: short small clips (spliced at event level) and long larger ones (one stream each)."""
+    from converter.synth import write_dataset
+
+    root = tmp_path_factory.mktemp("sources")
+    write_dataset(root / "short", clips_per_class=4, seed=1, size=(64, 48), frames_range=(30, 36))
+    write_dataset(root / "long", clips_per_class=4, seed=2, size=(96, 72), frames_range=(60, 70))
+    return root / "short", root / "long"
+
+
+@pytest.mark.slow
+def test_crosseval_end_to_end_writes_every_field(
+    two_generated_sources: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from converter.cli import main
+
+    short, long = two_generated_sources
+    out = tmp_path / "out"
+    assert main(["crosseval", str(short), f"far={long}", "--anomaly-classes", "fight", "--out", str(out),
+                 "--seeds", "1", "--epochs", "1", "--filters", "4", "--pools", "8", "--frames", "8",
+                 "--sampling", "interval", "--interval", "0.1", "--batch-size", "8", "--bootstrap", "100",
+                 "--cache", str(tmp_path / "cache")]) == 0
+    assert "loso" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert (out / "crosseval.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(results) == {"created_at", "argv", "options", "sources", "labels", "anomaly_labels", "class_map",
+                            "grouping", "sampling", "event_interval_s", "decision", "seeds", "protocols",
+                            "bootstrap", "summary", "runs", "units"}
+    assert [s["name"] for s in results["sources"]] == ["short", "far"]
+    assert results["sampling"]["method"] == "interval" and results["decision"]["start_windows"] == 3
+    rows = {(r["protocol"], r["level"], r["source"]): r for r in results["summary"]}
+    assert set(rows) == {(p, level, s) for p in ("loso", "group") for level in ("clip", "event")
+                         for s in ("short", "far")}
+    for row in rows.values():
+        assert set(row["metrics"]) == set(METRICS)
+        assert all(set(m) == {"value", "low", "high"} for m in row["metrics"].values())
+        assert row["per_seed"][0]["seed"] == 0 and set(METRICS) <= set(row["per_seed"][0])
+    assert rows["loso", "clip", "short"]["units"] == 8 and rows["loso", "clip", "far"]["units"] == 8
+    assert rows["loso", "event", "short"]["unit"] == "span" and rows["loso", "event", "far"]["unit"] == "clip"
+    loso = [r for r in results["runs"] if r["protocol"] == "loso"]
+    assert {r["test"] for r in loso} == {"short", "far"}
+    for run in loso:
+        assert {n.split("/")[0] for n in run["test_clip_names"]} == {run["test"]}
+        assert run["test"] not in {n.split("/")[0] for n in run["train_clip_names"]}
+    event_units = [u for u in results["units"] if u["level"] == "event"]
+    assert {"stream", "clip", "group", "source", "start_s", "end_s", "anomalous", "alarm", "incidents"} <= set(
+        event_units[0])
