@@ -37,6 +37,16 @@ def test_a_clip_just_short_of_a_window_is_sampled_over_its_span_and_a_shorter_on
     assert WindowSampling("spread", 20).skip_reason(19, 25.0) == "only 19 frames, fewer than the 20 a window needs"
 
 
+def test_the_manifest_says_interval_sampling_and_its_interval() -> None:
+    from edge.bundle import Sampling
+
+    recorded = Sampling(**WindowSampling("interval", 20, 0.1).manifest([(152, 30.0), (59, 30.0)]))
+    assert (recorded.method, recorded.frame_interval_s, recorded.window_s) == ("interval", 0.1, 2.0)
+    assert recorded.interval_min_s == pytest.approx(58 / 30 / 20)  # the short clip's shrunk interval
+    spread = Sampling(**WindowSampling("spread", 20).manifest([(50, 25.0), (60, 25.0), (100, 25.0)]))
+    assert spread.method == "spread" and spread.frame_interval_s == pytest.approx(60 / 25 / 20)
+
+
 def test_bootstrap_of_a_constant_accuracy_input_has_zero_width() -> None:
     truth = [True, False] * 10
     result = group_bootstrap(truth, truth, [f"g{i // 2}" for i in range(20)], resamples=200)
