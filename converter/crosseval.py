@@ -140,28 +140,45 @@ def _summaries(units: list[dict[str, Any]], resamples: int) -> list[dict[str, An
 
 
 def crosseval(opts: CrossEvalOptions) -> dict[str, Any]:
-    """Train and score every protocol x seed (x held-out source); write results.json and the plot; return them."""
+    """Train and score every protocol x seed (x held-out source); write results.json and the plot; return them.
+
+    The results are rewritten after every trained model (``complete`` false until the last), so a
+    long real-data run that is stopped keeps what it measured.
+    """
     _check(opts)
     topts = opts.train
     data = load(topts)
     interval = _event_interval(data, topts)
     out = Path(topts.out)
     out.mkdir(parents=True, exist_ok=True)
+    header = _header(opts, data, interval)
     units: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
-    for protocol in opts.protocols:
-        for seed in range(topts.seed, topts.seed + opts.seeds):
-            for held, (train_idx, test_idx) in _splits(data, protocol, seed):
-                _log(f"{protocol} seed {seed}, test {held}: {len(train_idx)} train clips, {len(test_idx)} test clips")
-                model, _, record = fit(data, train_idx, topts, seed)
-                clip_units, event_units = _score(model, data, test_idx, topts, seed, interval)
-                for level, found in zip(LEVELS, (clip_units, event_units), strict=True):
-                    units += [{"protocol": protocol, "seed": seed, "level": level, **u} for u in found]
-                runs.append({"protocol": protocol, "seed": seed, "test": held, **record,
-                             "train_clip_names": [data.clips[i].clip.name for i in train_idx],
-                             "test_clip_names": [data.clips[i].clip.name for i in test_idx]})
-    settings = decision_defaults()
-    results = {
+    planned = [(protocol, seed) for protocol in opts.protocols for seed in range(topts.seed, topts.seed + opts.seeds)]
+    for step, (protocol, seed) in enumerate(planned, 1):
+        splits = _splits(data, protocol, seed)
+        for part, (held, (train_idx, test_idx)) in enumerate(splits, 1):
+            _log(f"{protocol} seed {seed}, test {held}: {len(train_idx)} train clips, {len(test_idx)} test clips")
+            model, _, record = fit(data, train_idx, topts, seed)
+            clip_units, event_units = _score(model, data, test_idx, topts, seed, interval)
+            for level, found in zip(LEVELS, (clip_units, event_units), strict=True):
+                units += [{"protocol": protocol, "seed": seed, "level": level, **u} for u in found]
+            runs.append({"protocol": protocol, "seed": seed, "test": held, **record,
+                         "train_clip_names": [data.clips[i].clip.name for i in train_idx],
+                         "test_clip_names": [data.clips[i].clip.name for i in test_idx]})
+            complete = step == len(planned) and part == len(splits)
+            results = {**header, "complete": complete, "summary": _summaries(units, opts.resamples), "runs": runs,
+                       "units": units}
+            (out / RESULTS_NAME).write_text(json.dumps(_finite(results), indent=1) + "\n", encoding="utf-8")
+            if opts.plots:
+                plot(results, out / PLOT_NAME)
+    return results
+
+
+def _header(opts: CrossEvalOptions, data: ds.Dataset, interval: float) -> dict[str, Any]:
+    """What was run on what: everything in results.json but the outcomes."""
+    topts = opts.train
+    return {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "argv": opts.argv,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(topts).items()
@@ -177,18 +194,11 @@ def crosseval(opts: CrossEvalOptions) -> dict[str, Any]:
         "grouping": data.grouping,
         "sampling": topts.window_sampling().manifest([(len(d.frames), d.fps) for d in data.clips]),
         "event_interval_s": interval,
-        "decision": settings.model_dump(),
+        "decision": decision_defaults().model_dump(),
         "seeds": list(range(topts.seed, topts.seed + opts.seeds)),
         "protocols": opts.protocols,
         "bootstrap": {"resamples": opts.resamples, "level": 0.95, "resampled": "groups", "pooled_over": "seeds"},
-        "summary": _summaries(units, opts.resamples),
-        "runs": runs,
-        "units": units,
     }
-    (out / RESULTS_NAME).write_text(json.dumps(_finite(results), indent=1) + "\n", encoding="utf-8")
-    if opts.plots:
-        plot(results, out / PLOT_NAME)
-    return results
 
 
 def _finite(value: Any) -> Any:

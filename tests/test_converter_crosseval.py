@@ -146,7 +146,8 @@ def test_crosseval_end_to_end_writes_every_field(
     assert (out / "crosseval.png").read_bytes()[:4] == b"\x89PNG"
     assert set(results) == {"created_at", "argv", "options", "sources", "labels", "anomaly_labels", "class_map",
                             "grouping", "sampling", "event_interval_s", "decision", "seeds", "protocols",
-                            "bootstrap", "summary", "runs", "units"}
+                            "bootstrap", "complete", "summary", "runs", "units"}
+    assert results["complete"] is True
     assert [s["name"] for s in results["sources"]] == ["short", "far"]
     assert results["sampling"]["method"] == "interval" and results["decision"]["start_windows"] == 3
     rows = {(r["protocol"], r["level"], r["source"]): r for r in results["summary"]}
