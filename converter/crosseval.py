@@ -36,7 +36,7 @@ import numpy as np
 from converter import dataset as ds
 from converter.bootstrap import DEFAULT_RESAMPLES, METRICS, binary_scores, group_bootstrap
 from converter.device_rule import decision_defaults
-from converter.events import clip_stream, needs_splice, score_streams, spliced_streams
+from converter.events import Player, clip_stream, needs_splice, score_streams, spliced_streams
 from converter.splits import PROTOCOLS, Split, group_split, leave_one_source_out
 from converter.train import TEST_FRACTION, TrainOptions, fit, load, strata
 
@@ -102,6 +102,7 @@ def _score(
                            "label": item.clip.label, "anomalous": item.clip.label in opts.anomaly_classes,
                            "predicted": predicted, "alarm": predicted in opts.anomaly_classes,
                            "score": round(float(p[anomaly_index].sum()), 4)})
+    player = Player(predict, opts.representation, opts.frames, interval, settings, tuple(anomaly_index))
     event_units = []
     for source in dict.fromkeys(item.clip.source for item in items):
         mine = [item for item in items if item.clip.source == source]
@@ -110,8 +111,7 @@ def _score(
             streams = spliced_streams(mine, truth, seed)
         else:
             streams = [clip_stream(item, t) for item, t in zip(mine, truth, strict=True)]
-        event_units += score_streams(predict, streams, opts.representation, opts.frames, interval, settings,
-                                     anomaly_index)
+        event_units += score_streams(player, streams)
     return clip_units, event_units
 
 

@@ -91,17 +91,26 @@ def needs_splice(items: Sequence[ds.Decoded], interval: float, frames: int, sett
     return float(np.median([(len(d.frames) - 1) / d.fps for d in items])) < needed
 
 
-def stream_scores(
-    predict: Callable[[np.ndarray], np.ndarray],
-    stream: Stream,
-    representation: Representation,
-    frames: int,
-    interval: float,
-    settings: DecisionConfig,
-    anomaly_index: Sequence[int],
-) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class Player:
+    """How the device plays a stream to a model: its input, sampling interval and decision settings."""
+
+    predict: Callable[[np.ndarray], np.ndarray]
+    representation: Representation
+    frames: int
+    interval: float
+    settings: DecisionConfig
+    anomaly_index: tuple[int, ...]
+
+    @property
+    def window_s(self) -> float:
+        return self.frames * self.interval
+
+
+def stream_scores(player: Player, stream: Stream) -> tuple[np.ndarray, np.ndarray]:
     """Timestamps and anomaly scores of the windows the device would classify over a stream."""
-    targets = np.arange(stream.timestamps[0], stream.timestamps[-1] + 1e-9, interval)
+    frames, settings = player.frames, player.settings
+    targets = np.arange(stream.timestamps[0], stream.timestamps[-1] + 1e-9, player.interval)
     samples = nearest(stream.timestamps, targets)
     prepared = stream.frames[samples].astype(np.float32) * np.float32(SCALE)
     inputs = []
@@ -109,14 +118,14 @@ def stream_scores(
         previous = prepared[k - 1]
         if changed_fraction(prepared[k], previous) > settings.scene_cut:
             previous = prepared[k]  # the daemon reads a cut as no movement
-        inputs.append(model_input(prepared[k], previous, representation))
+        inputs.append(model_input(prepared[k], previous, player.representation))
     starts = list(range(0, len(inputs) - frames + 1, settings.hop))
     if not starts:
         return np.empty(0), np.empty(0)
     scores = []
     for first in range(0, len(starts), CHUNK):
         batch = np.stack([np.stack(inputs[s:s + frames]) for s in starts[first:first + CHUNK]])
-        scores.append(np.asarray(predict(batch))[:, list(anomaly_index)].sum(axis=1))
+        scores.append(np.asarray(player.predict(batch))[:, list(player.anomaly_index)].sum(axis=1))
     ts = np.array([stream.timestamps[samples[s + frames]] for s in starts])
     return ts, np.clip(np.concatenate(scores), 0.0, 1.0)
 
@@ -133,21 +142,13 @@ def span_alarms(stream: Stream, incidents: Sequence[tuple[float, float]], window
     return out
 
 
-def score_streams(
-    predict: Callable[[np.ndarray], np.ndarray],
-    streams: Sequence[Stream],
-    representation: Representation,
-    frames: int,
-    interval: float,
-    settings: DecisionConfig,
-    anomaly_index: Sequence[int],
-) -> list[dict[str, object]]:
+def score_streams(player: Player, streams: Sequence[Stream]) -> list[dict[str, object]]:
     """One unit per span: its clip, group, source, truth and whether the daemon alarmed, plus the incidents."""
     units: list[dict[str, object]] = []
     for stream in streams:
-        ts, scores = stream_scores(predict, stream, representation, frames, interval, settings, anomaly_index)
-        found = incident_times(ts, scores, settings)
-        for span, alarm in zip(stream.spans, span_alarms(stream, found, frames * interval), strict=True):
+        ts, scores = stream_scores(player, stream)
+        found = incident_times(ts, scores, player.settings)
+        for span, alarm in zip(stream.spans, span_alarms(stream, found, player.window_s), strict=True):
             units.append({"stream": stream.name, "clip": span.clip, "group": stream.group, "source": stream.source,
                           "start_s": round(span.start, 3), "end_s": round(span.end, 3), "anomalous": span.anomalous,
                           "alarm": alarm, "spliced": stream.spliced, "windows": len(ts),

@@ -11,7 +11,7 @@ import pytest
 from converter import dataset as ds
 from converter.bootstrap import METRICS, group_bootstrap
 from converter.device_rule import decision_defaults
-from converter.events import Span, Stream, needs_splice, span_alarms, spliced_streams, stream_scores
+from converter.events import Player, Span, Stream, needs_splice, span_alarms, spliced_streams, stream_scores
 from converter.sampling import WindowSampling
 
 
@@ -112,7 +112,7 @@ def test_stream_windows_follow_the_device_grid() -> None:
         calls.append(batch.shape)
         return np.tile([0.2, 0.8], (len(batch), 1))
 
-    ts, scores = stream_scores(predict, stream, "diff", 20, 0.1, settings, [1])
+    ts, scores = stream_scores(Player(predict, "diff", 20, 0.1, settings, (1,)), stream)
     # 4 s at 0.1 s = 40 samples (0.0-3.9 s), 39 inputs; windows of 20 every 4 samples: starts 0..16.
     assert len(ts) == 5 and np.allclose(np.diff(ts), 0.4) and ts[0] == pytest.approx(2.0)
     assert calls[0][1:] == (20, 8, 8, 3) and np.allclose(scores, 0.8)
