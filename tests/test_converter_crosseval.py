@@ -167,3 +167,27 @@ def test_crosseval_end_to_end_writes_every_field(
     event_units = [u for u in results["units"] if u["level"] == "event"]
     assert {"stream", "clip", "group", "source", "start_s", "end_s", "anomalous", "alarm", "incidents"} <= set(
         event_units[0])
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_on_two_sources_with_a_class_map(
+    two_generated_sources: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """run.json records sources, class map and sampling; evaluate finds the held-out clips of both sources by name."""
+    from converter.cli import main
+
+    short, long = two_generated_sources
+    run_dir, cache = tmp_path / "run", str(tmp_path / "cache")
+    sources = [str(short), f"far={long}", "--class-map", "calm=normal,fight=fight"]
+    assert main(["train", *sources, "--anomaly-classes", "fight", "--out", str(run_dir), "--epochs", "1",
+                 "--filters", "4", "--pools", "8", "--frames", "8", "--sampling", "interval", "--batch-size", "8",
+                 "--cache", cache]) == 0
+    run = json.loads((run_dir / "run.json").read_text())
+    assert [s["name"] for s in run["sources"]] == ["short", "far"] and run["labels"] == ["normal", "fight"]
+    assert run["class_map"] == {"calm": "normal", "fight": "fight"} and run["sampling"]["method"] == "interval"
+    assert {name.split("/")[0] for name in run["test_clips"]} == {"short", "far"}  # stratified per source
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir / "model.keras"), *sources[:2], "--json", "--cache", cache]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["clips"] == len(run["test_clips"]) and result["missing_test_clips"] == []
+    assert result["sampling"] == "interval" and set(result["binary"]) >= {"accuracy", "recall"}
