@@ -25,7 +25,7 @@ import numpy as np
 
 from bench.bundles import Models
 from bench.common import ROOT, Settings, Table, seconds_per_call
-from edge.runtime import BundleModel
+from edge.adapters.runtime import BundleModel
 
 GOAL_VS_WINDOW = 10.0
 GOAL_VS_KERAS = 100.0

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 from converter.dataset import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_CACHE, DEFAULT_REPRESENTATION, DataError
+from edge.adapters.runtime import RuntimeMissing
 from edge.bundle import BundleError
 from edge.preprocess import REPRESENTATIONS
-from edge.runtime import RuntimeMissing
 
 PROG = "rclstm-convert"
 

@@ -72,7 +72,7 @@ def _keras_predictor(path: Path) -> Any:
 
 
 def _bundle_predictor(path: Path) -> Any:
-    from edge.runtime import BundleModel
+    from edge.adapters.runtime import BundleModel
 
     bundle = BundleModel(path)
     return lambda windows: np.stack([bundle.predict_window(w) for w in windows])

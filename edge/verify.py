@@ -12,11 +12,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
+from edge.adapters.runtime import BundleModel, RuntimeMissing
 from edge.bundle import BundleError
-from edge.runtime import BundleModel, RuntimeMissing
+from edge.core.config import RuntimeName
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("bundle", type=Path)
     parser.add_argument("inputs", type=Path, help="npz with 'windows' (N x T x H x W x C float32)")
     parser.add_argument("out", type=Path, help="npz to write with 'probs' (N x K)")
-    parser.add_argument("--runtime", default="auto", choices=["auto", "ai-edge-litert", "tflite-runtime"])
+    parser.add_argument("--runtime", default="auto", choices=get_args(RuntimeName))
     args = parser.parse_args(argv)
     try:
         model = BundleModel(args.bundle, runtime=args.runtime)

@@ -75,7 +75,7 @@ def test_killed_camera_goes_offline_and_comes_back(rtsp_server, mosquitto_broker
     assert code == 0, daemon.stderr
     assert sub.wait_for(lambda _: statuses(sub)[-1] == {**statuses(sub)[-1], "online": False, "reason": "stopped"}, 10)
     assert notify.count("READY=1") == 1 and notify.count("STOPPING=1") == 1
-    assert "level=warning logger=edge.daemon" not in daemon.stderr, "the watchdog was starved by a handled outage"
+    assert "level=warning logger=edge.app.daemon" not in daemon.stderr, "the watchdog was starved by a handled outage"
 
 
 def test_frozen_camera_is_detected_and_reopened(rtsp_server, mosquitto_broker, subscriber, tmp_path):

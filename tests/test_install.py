@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import load_config
-from edge.install import InstallError, InstallOptions, install, render_config, uninstall, unit_text
+from edge.core.config import load_config
+from edge.provision.install import InstallError, InstallOptions, install, render_config, uninstall, unit_text
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge.outbox import Outbox
+from edge.adapters.outbox import Outbox
 from edge.synthetic import write_stream
 from tests.fixtures_broker import Broker
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 log = logging.getLogger(__name__)
+
+OUTBOX_NAME = "outbox.db"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -39,6 +42,25 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS open_incidents (event_id TEXT PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL);
 """
+
+
+def usable_state_dir(wanted: Path) -> Path:
+    """The configured state directory, or a per-user one when it cannot be written (a dev machine)."""
+    for candidate in (wanted, _user_state_dir()):
+        try:
+            candidate.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(candidate, os.W_OK | os.X_OK):
+            if candidate != wanted:
+                log.warning("state_dir %s is not writable; using %s", wanted, candidate)
+            return candidate
+    raise OSError(f"state_dir {wanted} is not writable and neither is {_user_state_dir()}; set state_dir")
+
+
+def _user_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "rclstm-edge"
 
 
 class Row(NamedTuple):
@@ -257,7 +279,8 @@ class Outbox:
     def depth(self) -> int:
         return self._rows
 
-    def bytes(self) -> int:
+    def size(self) -> int:
+        """Bytes of topics and payloads waiting, as bounded by ``max_bytes``."""
         return self._bytes
 
     @property

@@ -14,9 +14,12 @@ downstream is shifted). When a camera is slower than the interval every frame is
 
 from __future__ import annotations
 
+import logging
 import math
 
-from edge.sources import Frame
+from edge.core.values import Frame
+
+log = logging.getLogger(__name__)
 
 # Tolerance for "this timestamp is on a grid point" so float rounding never skips a target.
 _EPS = 1e-9
@@ -44,6 +47,9 @@ class Sampler:
         """Offer the next frame of the stream; returns a sampled frame (this one or an earlier one) or None."""
         if self._last_ts is not None and frame.ts <= self._last_ts:
             self.out_of_order += 1
+            level = logging.WARNING if self.out_of_order == 1 else logging.DEBUG
+            log.log(level, "ignoring a frame at %.3fs that does not follow %.3fs (%d so far)", frame.ts, self._last_ts,
+                    self.out_of_order)
             return None
         self._last_ts = frame.ts
         if self._anchor is None:

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from edge.calibrate import Calibration
-    from edge.replay import Scan
+    from edge.tools.calibrate.sweep import Calibration
+    from edge.tools.scan import Scan
 
 PHASE_COLOURS = {"pending": "#f5b700", "open": "#e53935", "cooldown": "#64b5f6"}
 DPI = 100

@@ -14,30 +14,17 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
-from datetime import datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edge.core.values import Frame, Prediction
 from edge.preprocess import FrameError, changed_fraction, model_input, prepare_frame
-from edge.runtime import BundleModel
-from edge.sources import Frame
+
+if TYPE_CHECKING:
+    from edge.adapters.runtime import BundleModel
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Prediction:
-    """Class probabilities for the window ending at ``ts`` / ``wall`` (the newest sampled frame's times)."""
-
-    probs: np.ndarray
-    labels: list[str]
-    top_label: str
-    anomaly_score: float  # probability mass on the manifest's anomaly labels
-    ts: float
-    wall: datetime
-    frame: np.ndarray | None  # the newest sampled frame, kept for snapshots
-    anomaly_label: str | None = None  # the most probable of the anomaly labels; None when there are none
 
 
 class StreamClassifier:
@@ -123,6 +110,5 @@ class StreamClassifier:
             anomaly_score=float(np.clip(probs[self._anomaly].sum(), 0.0, 1.0)),
             ts=frame.ts,
             wall=frame.wall,
-            frame=frame.image,
             anomaly_label=anomaly_label,
         )

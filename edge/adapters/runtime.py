@@ -17,15 +17,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from edge.bundle import BundleError, Manifest, load_bundle
+from edge.core.config import RuntimeName
 
 log = logging.getLogger(__name__)
 
-RuntimeName = Literal["auto", "ai-edge-litert", "tflite-runtime"]
 # (distribution name, module holding Interpreter), in order of preference.
 _RUNTIMES: tuple[tuple[str, str], ...] = (
     ("ai-edge-litert", "ai_edge_litert.interpreter"),

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from edge.config import ConfigError, tomllib, validate_config
+from edge.core.config import ConfigError, parse_source, tomllib, validate_config
+from edge.core.errors import UsageError
 
 USER = "rclstm-edge"
 UNIT_NAME = "rclstm-edge.service"
@@ -30,7 +31,7 @@ UNIT_PATH = Path("etc/systemd/system") / UNIT_NAME
 CREDENTIAL_NAMES = ("mqtt-password", "mqtt-key")
 
 
-class InstallError(Exception):
+class InstallError(UsageError):
     """A provisioning step that cannot proceed; one line naming what and how to fix it."""
 
 
@@ -69,7 +70,7 @@ def parse_camera(spec: str, index: int) -> dict[str, str | int]:
     camera_id, sep, source = spec.partition("=")
     if not sep or "://" in camera_id or camera_id.startswith("/"):
         camera_id, source = f"cam{index}", spec
-    value: str | int = int(source) if source.isdigit() else source
+    value = parse_source(source)
     return {"id": camera_id, "source": value}
 
 
@@ -127,7 +128,7 @@ def _mkdir(path: Path, mode: int, report: Report) -> None:
 
 
 def unit_text() -> bytes:
-    return resources.files("edge").joinpath("unit", UNIT_NAME).read_bytes()
+    return resources.files("edge.provision").joinpath("unit", UNIT_NAME).read_bytes()
 
 
 def _live(root: Path) -> bool:

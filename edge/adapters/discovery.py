@@ -18,7 +18,7 @@ import json
 import re
 
 from edge import __version__
-from edge.mqtt import Topics
+from edge.adapters.mqtt import Topics
 
 ONLINE, OFFLINE = "online", "offline"
 ANOMALY_ON, ANOMALY_OFF = "ON", "OFF"

@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic.fields import FieldInfo
+
+from edge.core.errors import UsageError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,7 +34,15 @@ KEY_CREDENTIAL = "mqtt-key"
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
-class ConfigError(Exception):
+RuntimeName = Literal["auto", "ai-edge-litert", "tflite-runtime"]
+
+
+def parse_source(source: str | int) -> str | int:
+    """A camera source as given on a command line or in a file: all digits is a V4L2 device index."""
+    return int(source) if isinstance(source, str) and source.isdigit() else source
+
+
+class ConfigError(UsageError):
     """Invalid settings; ``problems`` holds one line per problem."""
 
     def __init__(self, problems: list[str]) -> None:
@@ -46,7 +57,7 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     bundle: str = BUILTIN_MODEL
     num_threads: int = Field(1, ge=1, le=16)
-    runtime: Literal["auto", "ai-edge-litert", "tflite-runtime"] = "auto"
+    runtime: RuntimeName = "auto"
 
 
 class DecisionConfig(_Section):
@@ -81,16 +92,17 @@ class DecisionConfig(_Section):
     scene_cut: float = Field(0.6, gt=0.0, le=1.0)
 
 
-class DecisionOverrides(_Section):
-    """Per-camera changes to the device-wide decision settings; unset keys inherit them."""
+def _optional(field: FieldInfo) -> tuple[Any, FieldInfo]:
+    """The same field and bounds with no value meaning "not set"."""
+    return field.annotation | None, FieldInfo.merge_field_infos(field, default=None)
 
-    threshold: float | None = Field(None, ge=0.0, le=1.0)
-    start_windows: int | None = Field(None, ge=1, le=1000)
-    end_windows: int | None = Field(None, ge=1, le=1000)
-    cooldown_s: float | None = Field(None, ge=0.0, le=86400.0)
-    update_interval_s: float | None = Field(None, gt=0.0, le=86400.0)
-    hop: int | None = Field(None, ge=1, le=256)
-    scene_cut: float | None = Field(None, gt=0.0, le=1.0)
+
+# Per-camera changes to the device-wide decision settings; unset keys inherit them.
+DecisionOverrides = create_model(
+    "DecisionOverrides",
+    __base__=_Section,
+    **{name: _optional(field) for name, field in DecisionConfig.model_fields.items()},  # type: ignore[call-overload]
+)
 
 
 SourceKind = Literal["auto", "v4l2", "rtsp", "mjpeg", "file"]
@@ -105,7 +117,7 @@ class CameraConfig(_Section):
     stall_timeout_s: float = Field(15.0, gt=0, le=3600)
     realtime: bool = True
     loop: bool = False
-    decision: DecisionOverrides = Field(default_factory=DecisionOverrides)
+    decision: DecisionOverrides = Field(default_factory=DecisionOverrides)  # type: ignore[valid-type]
 
     @field_validator("source")
     @classmethod
@@ -120,7 +132,7 @@ class CameraConfig(_Section):
         """The source kind, guessed from the source when ``kind`` is ``auto``."""
         if self.kind != "auto":
             return self.kind
-        if isinstance(self.source, int) or str(self.source).isdigit() or str(self.source).startswith("/dev/"):
+        if isinstance(parse_source(self.source), int) or str(self.source).startswith("/dev/"):
             return "v4l2"
         scheme = urlsplit(str(self.source)).scheme.lower()
         if scheme in ("rtsp", "rtsps"):
@@ -236,8 +248,8 @@ def format_errors(exc: ValidationError) -> list[str]:
     return lines
 
 
-def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
-    """Read the TOML file (if any), apply overrides (dotted keys to values) and validate once."""
+def load_config(path: Path | None) -> Config:
+    """Read the TOML file (if any) and validate it once."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -250,7 +262,14 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
             raise ConfigError([f"{path}: not UTF-8 text; save the config file as UTF-8"]) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
-    for dotted, value in (overrides or {}).items():
+    return validate_config(data)
+
+
+def override(config: Config, changes: dict[str, Any]) -> Config:
+    """The settings with ``changes`` (dotted keys to values, e.g. command-line flags) applied, validated
+    again as a whole so a change is checked against the rest of the file."""
+    data: dict[str, Any] = config.model_dump(exclude_unset=True)
+    for dotted, value in changes.items():
         _set_dotted(data, dotted, value)
     return validate_config(data)
 

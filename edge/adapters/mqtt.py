@@ -24,8 +24,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge.config import ConfigError, MqttConfig, resolve_key_file
-from edge.outbox import Outbox
+from edge.adapters.outbox import Outbox
+from edge.core.config import ConfigError, MqttConfig, resolve_key_file
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,8 @@ class Publisher:
             info = self._client.publish(topic, payload, qos=qos, retain=retain)
         except ValueError as exc:  # an invalid topic or an oversized payload can never be sent
             log.error("mqtt: cannot publish to %s (%s); dropping the message", topic, exc)
-            self.rejected += 1
+            with self._lock:
+                self.rejected += 1
             if row_id is not None and self.outbox is not None:
                 self.outbox.ack(row_id)
             return None
@@ -302,9 +303,11 @@ class Publisher:
             # nothing but would resend it forever; it is dropped with a line saying why.
             log.error("mqtt: broker refused the message on %s (%s); check the broker ACL for this device",
                       topic, reason)
-            self.rejected += 1
-        else:
-            self.acked += 1
+        with self._lock:  # the network thread and the drainer both settle messages
+            if reason is not None and reason.is_failure:
+                self.rejected += 1
+            else:
+                self.acked += 1
         if self.outbox is not None:
             self.outbox.ack(row_id)
         with self._wake:

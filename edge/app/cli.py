@@ -12,10 +12,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from edge.config import Config
+from edge.core.errors import EXIT_FAIL, EXIT_OK, EXIT_USAGE, UsageError
 
-EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+if TYPE_CHECKING:
+    from edge.core.config import Config
+
 DEMO_SEGMENTS = [("calm", 8.0), ("fight", 5.0), ("calm", 8.0)]
 
 
@@ -95,18 +96,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from edge.adapters.runtime import RuntimeMissing
     from edge.bundle import BundleError
-    from edge.config import ConfigError
-    from edge.runtime import RuntimeMissing
+    from edge.core.config import ConfigError
 
     try:
         if args.command == "schema":
-            from edge.messages import schema_text
+            from edge.core.messages import schema_text
 
             sys.stdout.write(schema_text(args.name))
             return EXIT_OK
         if args.command == "check":
-            from edge.check import run_checks
+            from edge.provision.check import run_checks
 
             return run_checks(args.config)
         if args.command == "demo":
@@ -119,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"config error: {problem}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (BundleError, RuntimeMissing) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAIL
@@ -129,37 +133,33 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _provision(args: argparse.Namespace) -> int:
-    from edge.install import InstallError, InstallOptions, install, uninstall
+    from edge.provision.install import InstallOptions, install, uninstall
 
-    try:
-        if args.command == "uninstall":
-            report = uninstall(args.root, purge=args.purge)
-        else:
-            password = None
-            if args.password_stdin:
-                password = sys.stdin.readline().rstrip("\n")
-            elif args.password_file is not None:
-                password = args.password_file.read_text(encoding="utf-8").strip()
-            options = InstallOptions(
-                device_id=args.device_id,
-                site=args.site,
-                cameras=args.camera,
-                broker=args.broker,
-                username=args.username,
-                password=password,
-                ca=args.ca,
-                cert=args.cert,
-                key=args.key,
-                model=args.model,
-                root=args.root,
-                package=args.package,
-                runtime=args.runtime,
-                create_venv=not args.no_venv,
-            )
-            report = install(options)
-    except InstallError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    if args.command == "uninstall":
+        report = uninstall(args.root, purge=args.purge)
+    else:
+        password = None
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\n")
+        elif args.password_file is not None:
+            password = args.password_file.read_text(encoding="utf-8").strip()
+        options = InstallOptions(
+            device_id=args.device_id,
+            site=args.site,
+            cameras=args.camera,
+            broker=args.broker,
+            username=args.username,
+            password=password,
+            ca=args.ca,
+            cert=args.cert,
+            key=args.key,
+            model=args.model,
+            root=args.root,
+            package=args.package,
+            runtime=args.runtime,
+            create_venv=not args.no_venv,
+        )
+        report = install(options)
     for path in report.changed:
         print(f"changed  {path}")
     for note in report.notes:
@@ -169,14 +169,15 @@ def _provision(args: argparse.Namespace) -> int:
         if args.root.resolve() != Path("/"):
             print("note     check skipped: the config under --root names paths of the target system")
             return EXIT_OK
-        from edge.check import run_checks
+        from edge.provision.check import run_checks
 
         return run_checks(args.root / "etc/rclstm-edge/config.toml")
     return EXIT_OK
 
 
 def _replay_or_calibrate(args: argparse.Namespace) -> int:
-    """Bad recordings, labels or camera ids are usage errors (2); no setting meeting the target is a failure (1)."""
+    """Bad recordings, labels or camera ids are usage errors (2, raised to ``main``); no setting meeting the
+    target, a config too unusual to edit or missing plots are failures (1)."""
     import os
 
     import cv2
@@ -185,23 +186,23 @@ def _replay_or_calibrate(args: argparse.Namespace) -> int:
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     set_log_level = getattr(cv2, "setLogLevel", None) or cv2.utils.logging.setLogLevel  # OpenCV 4 / 5
     set_log_level(2)  # LOG_LEVEL_ERROR
-    from edge import logs
-    from edge.calibrate import CalibrationError
-    from edge.config import load_config
-    from edge.plots import PlotsMissing
-    from edge.replay import ReplayError
+    from edge.adapters import logs
+    from edge.core.config import load_config
+    from edge.tools.config_edit import ConfigEditError
+    from edge.tools.plots import PlotsMissing
 
     logs.setup("error")
     config = load_config(args.config)
     try:
         if args.command == "replay":
-            from edge.replay import replay, summary
+            from edge.tools.replay import replay, summary
 
             done = replay(args.video, args.out, config, camera_id=args.camera, config_path=args.config,
                           model_spec=args.model, plots=not args.no_plots)
             print(summary(done))
             return EXIT_OK
-        from edge.calibrate import calibrate, report, write_decision, write_outputs
+        from edge.tools.calibrate import calibrate, report, write_outputs
+        from edge.tools.config_edit import write_decision
 
         cal = calibrate(config, args.camera, args.recordings, target=args.max_false_alarms_per_day,
                         config_path=args.config, labelled_dir=args.labelled, intervals_file=args.intervals,
@@ -218,49 +219,32 @@ def _replay_or_calibrate(args: argparse.Namespace) -> int:
             print(f"wrote threshold {cal.chosen.threshold:g}, start_windows {cal.chosen.start_windows} "
                   f"to {args.config} (camera {args.camera})")
         return EXIT_OK
-    except ReplayError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except (PlotsMissing, CalibrationError) as exc:
+    except (PlotsMissing, ConfigEditError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAIL
 
 
-def _parse_source(value: str) -> str | int:
-    return int(value) if value.isdigit() else value
-
-
 def apply_flags(config: Config, args: argparse.Namespace) -> Config:
     """Command-line flags over the file's settings, validated again as a whole."""
-    from pydantic import ValidationError
+    from edge.core.config import override, parse_source
 
-    from edge.config import Config, ConfigError, format_errors
-
-    data: dict[str, Any] = config.model_dump(exclude_unset=True)
-    if args.source is not None:
-        cameras = data.get("cameras") or [{"id": "cam0"}]
-        cameras[0]["source"] = _parse_source(args.source)
-        data["cameras"] = cameras
-    if args.fast:
-        cameras = data.get("cameras") or [{"id": "cam0", "source": 0}]
-        data["cameras"] = [{**camera, "realtime": False} for camera in cameras]
-    if args.model is not None:
-        data.setdefault("model", {})["bundle"] = args.model
-    if args.broker is not None:
-        data.setdefault("mqtt", {})["url"] = args.broker
-    if args.device_id is not None:
-        data["device_id"] = args.device_id
-    if args.state_dir is not None:
-        data["state_dir"] = args.state_dir
-    try:
-        return Config.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_errors(exc)) from None
+    changes: dict[str, Any] = {}
+    if args.source is not None or args.fast:
+        cameras = config.model_dump(exclude_unset=True).get("cameras") or [{"id": "cam0", "source": 0}]
+        if args.source is not None:
+            cameras[0]["source"] = parse_source(args.source)
+        if args.fast:
+            cameras = [{**camera, "realtime": False} for camera in cameras]
+        changes["cameras"] = cameras
+    flags = {"model.bundle": args.model, "mqtt.url": args.broker, "device_id": args.device_id,
+             "state_dir": args.state_dir}
+    changes.update({key: value for key, value in flags.items() if value is not None})
+    return override(config, changes)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from edge import logs
-    from edge.config import load_config, secret_exposure_warning
+    from edge.adapters import logs
+    from edge.core.config import load_config, secret_exposure_warning
 
     config = apply_flags(load_config(args.config), args)
     logs.setup(config.log_level)
@@ -269,9 +253,10 @@ def _run(args: argparse.Namespace) -> int:
         import logging
 
         logging.getLogger("edge").warning(warning)
-    from edge.daemon import Daemon
+    from edge.app.daemon import Daemon
+    from edge.sinks import sink_for
 
-    daemon = Daemon(config)
+    daemon = Daemon(config, sink_for(config))
     daemon.install_signal_handlers()
     return daemon.run()
 
@@ -295,9 +280,10 @@ class _EventTee:
 def _demo(broker: str | None) -> int:
     import tempfile
 
-    from edge import logs
-    from edge.config import Config
-    from edge.daemon import Daemon
+    from edge.adapters import logs
+    from edge.app.daemon import Daemon
+    from edge.core.config import Config
+    from edge.sinks import sink_for
     from edge.synthetic import write_stream
 
     logs.setup("warning")
@@ -322,7 +308,7 @@ def _demo(broker: str | None) -> int:
         )
 
         out = _EventTee()
-        daemon = Daemon(config, print_events=True, out=out)  # type: ignore[arg-type]
+        daemon = Daemon(config, sink_for(config, echo=out))  # type: ignore[arg-type]
         daemon.install_signal_handlers()
         code = daemon.run()
     kinds = [e["type"] for e in out.events]

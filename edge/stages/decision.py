@@ -19,42 +19,12 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
 
 import numpy as np
 
-from edge.classifier import Prediction
-from edge.config import DecisionConfig
-
-TransitionKind = Literal["start", "update", "end"]
-# Why an incident ended: calm windows; the camera was lost; the stream ended or the daemon stopped;
-# the daemon died with it open and the next start closed it (the backend weighs each differently:
-# only "calm" says the scene is known to be quiet again).
-EndReason = Literal["calm", "camera_lost", "stopped", "interrupted"]
-# Where the hysteresis stands: no qualifying run, a run building up to start_windows, an incident
-# open, or an incident just ended and the cooldown not yet over.
-Phase = Literal["idle", "pending", "open", "cooldown"]
-
-
-@dataclass(frozen=True)
-class Transition:
-    """One step of an incident's lifecycle with its running statistics at that moment."""
-
-    kind: TransitionKind
-    incident_id: str  # uuid4, stable for the incident's whole life
-    seq: int  # 0, 1, 2 ... per incident so consumers can order messages
-    started_at: datetime
-    ended_at: datetime | None
-    peak_score: float
-    mean_score: float
-    top_label: str
-    windows: int
-    score: float  # the current window's score
-    peak_ts: float
-    peak_frame: np.ndarray | None
-    emitted_at: datetime  # wall time of the window (or frame) that caused this transition
-    ts: float
-    end_reason: EndReason | None = None
+from edge.core.config import DecisionConfig
+from edge.core.messages import EndReason, EventType
+from edge.core.values import Phase, Prediction, Transition
 
 
 @dataclass
@@ -108,6 +78,11 @@ class Decider:
         return self._open is not None
 
     @property
+    def peak_ts(self) -> float | None:
+        """Stream time of the open incident's peak window (the pipeline keeps that window's frame)."""
+        return self._open.peak.ts if self._open is not None else None
+
+    @property
     def phase(self) -> Phase:
         """The state the newest window left behind (replay draws it; the daemon does not need it)."""
         if self._open is not None:
@@ -133,7 +108,7 @@ class Decider:
                 self._cooldown_until = pred.ts + self.settings.cooldown_s
                 return [self._end(pred.wall, pred.ts, pred.anomaly_score, "calm")]
         if pred.ts - incident.last_emit_ts >= self.settings.update_interval_s:
-            return [self._emit(incident, "update", pred.wall, pred.ts, pred.anomaly_score)]
+            return [self._transition(incident, "update", pred.wall, pred.ts, pred.anomaly_score)]
         return []
 
     def close(self, wall: datetime, ts: float, reason: EndReason) -> list[Transition]:
@@ -161,18 +136,18 @@ class Decider:
         self._run.clear()
         self._open = incident
         self.incidents += 1
-        return [self._emit(incident, "start", pred.wall, pred.ts, pred.anomaly_score)]
+        return [self._transition(incident, "start", pred.wall, pred.ts, pred.anomaly_score)]
 
     def _end(self, wall: datetime, ts: float, score: float, reason: EndReason) -> Transition:
         incident = self._open
         assert incident is not None
         self._open = None
-        return self._emit(incident, "end", wall, ts, score, ended_at=incident.last_above.wall, end_reason=reason)
+        return self._transition(incident, "end", wall, ts, score, ended_at=incident.last_above.wall, end_reason=reason)
 
-    def _emit(
+    def _transition(
         self,
         incident: _Incident,
-        kind: TransitionKind,
+        kind: EventType,
         wall: datetime,
         ts: float,
         score: float,
@@ -191,7 +166,6 @@ class Decider:
             windows=len(incident.scores),
             score=score,
             peak_ts=incident.peak.ts,
-            peak_frame=incident.peak.frame,
             emitted_at=wall,
             ts=ts,
             end_reason=end_reason,

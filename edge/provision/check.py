@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.config import Config, ConfigError, load_config, resolve_password, secret_exposure_warning
-
-EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+from edge.core.config import Config, ConfigError, load_config, resolve_password, secret_exposure_warning
+from edge.core.errors import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 
 
 def _line(ok: bool, item: str, reason: str) -> bool:
@@ -29,11 +28,14 @@ def run_checks(path: Path) -> int:
     except ConfigError as exc:
         for problem in exc.problems:
             _line(False, "config", problem)
-        return EXIT_CONFIG
+        return EXIT_USAGE
     results = [_line(True, "config", f"{path} is valid ({len(config.cameras)} camera(s))")]
     warning = secret_exposure_warning(path, config.mqtt)
     if warning:
         print(f"WARN config: {warning}", flush=True)
+    from edge.adapters.sources import set_v4l2_select_timeout
+
+    set_v4l2_select_timeout(config.cameras)
     frame = None
     for camera in config.cameras:
         ok, reason, image = _check_camera(camera)
@@ -46,7 +48,7 @@ def run_checks(path: Path) -> int:
 
 
 def _check_camera(camera) -> tuple[bool, str, np.ndarray | None]:  # type: ignore[no-untyped-def]
-    from edge.sources import SourceError, read_one
+    from edge.adapters.sources import SourceError, read_one
 
     try:
         frame = read_one(camera, camera.open_timeout_s)
@@ -57,10 +59,10 @@ def _check_camera(camera) -> tuple[bool, str, np.ndarray | None]:  # type: ignor
 
 
 def _check_model(config: Config, frame: np.ndarray | None) -> tuple[bool, str, str]:
+    from edge.adapters.runtime import BundleModel, RuntimeMissing
     from edge.bundle import BundleError
     from edge.models import resolve_bundle
     from edge.preprocess import prepare_frame, window_inputs
-    from edge.runtime import BundleModel, RuntimeMissing
 
     item = "model"
     try:
@@ -84,7 +86,7 @@ def _check_model(config: Config, frame: np.ndarray | None) -> tuple[bool, str, s
 
 
 def _check_broker(config: Config) -> tuple[bool, str, str]:
-    from edge.mqtt import check_broker
+    from edge.adapters.mqtt import check_broker
 
     item = "broker"
     if config.mqtt.url is None:
@@ -98,8 +100,8 @@ def _check_broker(config: Config) -> tuple[bool, str, str]:
 
 
 def _check_state_dir(config: Config) -> tuple[bool, str, str]:
-    from edge.daemon import OUTBOX_NAME, usable_state_dir
-    from edge.outbox import Outbox
+    from edge.adapters.outbox import Outbox
+    from edge.app.daemon import OUTBOX_NAME, usable_state_dir
 
     item = "state_dir"
     if config.mqtt.url is None:

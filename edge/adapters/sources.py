@@ -20,41 +20,33 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import cv2
-import numpy as np
 
-from edge.config import CameraConfig
+from edge.core.config import CameraConfig, parse_source
+from edge.core.values import Frame, OfflineReason, SourceState
 
 log = logging.getLogger(__name__)
 
 FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
-# The V4L2 backend has no per-capture read timeout; it reads this (seconds) once per process.
+# The V4L2 backend has no per-capture read timeout; it reads this (seconds) once per process, at the
+# first read of any V4L2 camera (see ``set_v4l2_select_timeout``).
 V4L2_SELECT_TIMEOUT_ENV = "OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT"
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 60.0
 HEALTHY_S = 30.0  # a source that delivered frames this long starts its next backoff from the beginning
 HEARTBEAT_SLICE_S = 1.0  # backoff waits are cut into slices this long so the heartbeat keeps moving
 DEFAULT_FPS = 25.0
+V4L2_RETRY_S = 0.1  # pause between V4L2 reads that failed before the camera's own read timeout
 # A file played in real time that falls this far behind (a slow consumer) restarts its pacing clock
 # instead of rushing through the backlog.
 MAX_PACING_LAG_S = 1.0
 
-StateCallback = Callable[[bool, str], None]
-
-
-@dataclass(frozen=True)
-class Frame:
-    """One captured image with its stream time (monotonic per source) and wall time (UTC)."""
-
-    image: np.ndarray  # BGR uint8 as OpenCV delivers it
-    ts: float
-    wall: datetime
+StateCallback = Callable[[SourceState], None]
 
 
 class SourceError(Exception):
@@ -82,19 +74,24 @@ def _use_rtsp_over_tcp() -> None:
         os.environ[FFMPEG_OPTIONS_ENV] = "|".join(p for p in ("rtsp_transport;tcp", current) if p)
 
 
-def _v4l2_device(source: str | int) -> int | str:
-    if isinstance(source, int):
-        return source
-    return int(source) if source.isdigit() else source
+def set_v4l2_select_timeout(cameras: Iterable[CameraConfig]) -> None:
+    """Give OpenCV's process-wide V4L2 wait the shortest read timeout of the V4L2 cameras.
+
+    OpenCV reads it once, at the first V4L2 read of the process, so it cannot be set per capture;
+    a camera with a longer ``read_timeout_s`` reads again until its own timeout has passed (see
+    ``CameraSource``), which makes the timeout per camera. Call it before any V4L2 camera is read.
+    """
+    timeouts = [c.read_timeout_s for c in cameras if c.resolved_kind() == "v4l2"]
+    if timeouts:
+        os.environ[V4L2_SELECT_TIMEOUT_ENV] = str(max(1, math.ceil(min(timeouts))))
 
 
 def open_capture(camera: CameraConfig) -> cv2.VideoCapture:
     """An opened capture for the camera, with its timeouts in force; raises SourceError."""
     kind = camera.resolved_kind()
     if kind == "v4l2":
-        os.environ.setdefault(V4L2_SELECT_TIMEOUT_ENV, str(max(1, math.ceil(camera.read_timeout_s))))
         # The V4L2 backend refuses capture parameters it does not know, and it knows no timeouts.
-        capture = cv2.VideoCapture(_v4l2_device(camera.source), cv2.CAP_V4L2)
+        capture = cv2.VideoCapture(parse_source(camera.source), cv2.CAP_V4L2)
         hint = "check the device exists, the service user is in the 'video' group and no other program holds it"
     else:
         if kind == "rtsp":
@@ -177,8 +174,6 @@ class _End:
 
 END_OF_FILE = _End()
 LOOP = _End()
-# Offline reasons that are not a loss: a file source ended, or the daemon is stopping.
-ORDERLY_OFFLINE = frozenset({"end of file", "stopped"})
 
 
 class CameraSource:
@@ -203,15 +198,14 @@ class CameraSource:
         self.backoff_start_s = backoff_start_s
         self.backoff_max_s = backoff_max_s
         self.healthy_s = healthy_s
-        self.frames_in = 0
         self.reconnects = 0
         self.stalls = 0
         self.bad_frames = 0
         self.stale_frames = 0
         self.online = False
-        self.reason = "not started"
+        self.state = SourceState(False, "not started")
         self.heartbeat = time.monotonic()
-        self._reported: tuple[bool, str] | None = None
+        self._reported: SourceState | None = None
         self._file_start: datetime | None = None
         self._file_offset = 0.0  # stream time at which the current pass over a looped file starts
         self._streaming_since: float | None = None  # first frame of the current pass (monotonic)
@@ -234,14 +228,14 @@ class CameraSource:
                     finally:
                         capture.release()
                 if outcome is END_OF_FILE:
-                    self._set_state(False, "end of file")
+                    self._set_state(SourceState.offline(OfflineReason.END_OF_FILE))
                     return
                 if outcome is LOOP:
                     continue
                 if stop.is_set():
                     return
                 assert isinstance(outcome, str)
-                self._set_state(False, outcome)
+                self._set_state(SourceState.offline(OfflineReason.LOST, outcome))
                 since = self._streaming_since
                 if since is not None and time.monotonic() - since >= self.healthy_s:
                     backoff = self.backoff_start_s
@@ -251,7 +245,7 @@ class CameraSource:
                 self.reconnects += 1
         finally:
             if self.online:
-                self._set_state(False, "stopped")
+                self._set_state(SourceState.offline(OfflineReason.STOPPED))
 
     def _read(self, capture: cv2.VideoCapture, stop: threading.Event) -> Iterator[Frame]:
         """Frames from one opened capture; returns END_OF_FILE, LOOP or the reason the source was lost."""
@@ -265,10 +259,18 @@ class CameraSource:
         pacing: tuple[float, float] | None = None  # (monotonic, ts) the real-time clock is anchored at
         last_ts: float | None = None
         delivered = 0
+        last_read = time.monotonic()
         while not stop.is_set():
             self._beat()
             ok, image = capture.read()
             now = time.monotonic()
+            if ok:
+                last_read = now
+            elif self.kind == "v4l2" and now - last_read < camera.read_timeout_s:
+                # OpenCV's V4L2 wait is the shortest camera's (set_v4l2_select_timeout); wait out our own.
+                if stop.wait(V4L2_RETRY_S):
+                    return "stopped"
+                continue
             if not ok:
                 if not is_file:
                     return f"read failed: no frame within {camera.read_timeout_s:g}s or the stream closed"
@@ -302,8 +304,7 @@ class CameraSource:
                 if delivered == 0:
                     self._streaming_since = now
                 delivered += 1
-                self.frames_in += 1
-                self._set_state(True, "streaming")
+                self._set_state(SourceState.streaming())
                 yield Frame(image, ts, wall)
                 continue
             if watch.stalled(now):
@@ -311,21 +312,21 @@ class CameraSource:
                 return f"stalled: no new frame for {camera.stall_timeout_s:g}s"
         return "stopped"
 
-    def _set_state(self, online: bool, reason: str) -> None:
-        self.online = online
-        self.reason = reason
-        if self._reported == (online, reason):
+    def _set_state(self, state: SourceState) -> None:
+        self.online = state.online
+        self.state = state
+        if self._reported == state:
             return
-        self._reported = (online, reason)
+        self._reported = state
         log.log(
-            logging.INFO if online or reason in ORDERLY_OFFLINE else logging.WARNING,
+            logging.WARNING if state.reason is OfflineReason.LOST else logging.INFO,
             "camera %s %s: %s",
             self.camera.id,
-            "online" if online else "offline",
-            reason,
+            "online" if state.online else "offline",
+            state.text,
         )
         if self.on_state is not None:
-            self.on_state(online, reason)
+            self.on_state(state)
 
     def _beat(self) -> None:
         self.heartbeat = time.monotonic()
