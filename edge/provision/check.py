@@ -100,8 +100,7 @@ def _check_broker(config: Config) -> tuple[bool, str, str]:
 
 
 def _check_state_dir(config: Config) -> tuple[bool, str, str]:
-    from edge.adapters.outbox import Outbox
-    from edge.app.daemon import OUTBOX_NAME, usable_state_dir
+    from edge.adapters.outbox import OUTBOX_NAME, Outbox, usable_state_dir
 
     item = "state_dir"
     if config.mqtt.url is None:
