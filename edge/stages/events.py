@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING
 
-from edge.bundle import Manifest
 from edge.core.messages import SCHEMA_VERSION, Event, ModelRef
 from edge.core.values import Transition
+
+if TYPE_CHECKING:  # the bundle contract needs OpenCV (through preprocess); events need only its fields
+    from edge.bundle import Manifest
 
 SCORE_DIGITS = 4
 
