@@ -16,7 +16,7 @@ from pathlib import Path
 from bench.common import Settings, Table, child_cpu, run_daemon
 from bench.scaling import realtime
 from bench.streams import build_stream
-from tests.faults import camera
+from testbed.daemon import camera
 
 OVERHEAD_GOAL = 0.15
 

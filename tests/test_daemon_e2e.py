@@ -26,8 +26,8 @@ import pytest
 
 from edge.adapters.outbox import IncidentMark, Outbox
 from edge.synthetic import write_stream
-from tests.faults import outbox_events
-from tests.fixtures_broker import PASSWORD, Broker, Subscriber
+from testbed.broker import PASSWORD, Broker, Subscriber
+from testbed.daemon import outbox_events
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = "dev-e2e"

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.faults import DEVICE, DaemonProcess, NotifySocket, camera, launch, write_config
-from tests.fixtures_broker import Subscriber
+from testbed.broker import Subscriber
+from testbed.daemon import DEVICE, DaemonProcess, NotifySocket, camera, launch, write_config
 from tests.fixtures_rtsp import RtspServer, wait_until
 
 SHORT = {"open_timeout_s": 2.0, "read_timeout_s": 2.0, "stall_timeout_s": 3.0}

@@ -11,7 +11,7 @@ import pytest
 from edge.adapters.mqtt import Publisher, check_broker
 from edge.adapters.outbox import Outbox
 from edge.core.config import ConfigError, MqttConfig
-from tests.fixtures_broker import PASSWORD, USERNAME, Broker
+from testbed.broker import PASSWORD, USERNAME, Broker
 
 
 def wait_until(predicate, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-def]

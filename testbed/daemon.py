@@ -1,4 +1,4 @@
-"""Helpers for the fault, security and soak runs: a daemon subprocess, a systemd notify socket, counts.
+"""A daemon subprocess, a systemd notify socket and event counts, for the fault and security tests and the benchmarks.
 
 The daemon runs as `python -m edge run` exactly as systemd starts it; its stderr goes to a file (a
 pipe nobody reads would fill up and block the daemon's logging mid-test). Counting follows the
@@ -25,7 +25,7 @@ from typing import Any
 
 import tomli_w
 
-from tests.fixtures_broker import Broker, Subscriber
+from testbed.broker import Broker, Subscriber
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = "dev-faults"
