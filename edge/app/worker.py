@@ -50,19 +50,9 @@ class CameraWorker:
         return 2 * max(c.open_timeout_s, c.read_timeout_s, c.stall_timeout_s)
 
     def stats(self) -> CameraStats:
-        chain, source = self.pipeline.stats(), self.source
+        source = self.source
         return CameraStats(
-            frames_in=chain.frames_in,
-            frames_sampled=chain.frames_sampled,
-            bad_frames=chain.bad_frames,
-            windows=chain.windows,
-            scene_cuts=chain.scene_cuts,
-            inference_ms=chain.inference_ms,
-            inference_ms_last=chain.inference_ms_last,
-            score=chain.score,
-            incidents=chain.incidents,
-            incident_open=chain.incident_open,
-            events=chain.events,
+            **self.pipeline.stats().model_dump(),  # CameraStats extends ChainStats: the same fields by definition
             online=source.online,
             reconnects=source.reconnects,
             stalls=source.stalls,

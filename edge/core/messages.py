@@ -93,8 +93,8 @@ class CameraStatus(_Message):
     since: UtcDatetime = Field(description="Wall time (UTC) of the change.")
 
 
-class CameraStats(_Message):
-    """One camera's counters since the daemon started."""
+class ChainStats(_Message):
+    """One camera chain's counters (``CameraPipeline.stats``); its worker adds the source's."""
 
     frames_in: int = Field(ge=0, description="Frames delivered by the source.")
     frames_sampled: int = Field(ge=0, description="Frames kept by the sampler and given to the model.")
@@ -108,6 +108,11 @@ class CameraStats(_Message):
     incidents: int = Field(ge=0)
     incident_open: bool
     events: int = Field(ge=0, description="Event messages emitted (start, update and end).")
+
+
+class CameraStats(ChainStats):
+    """One camera's counters since the daemon started."""
+
     online: bool
     reconnects: int = Field(ge=0)
     stalls: int = Field(ge=0)

@@ -105,20 +105,3 @@ class SourceState:
     @classmethod
     def offline(cls, reason: OfflineReason, text: str | None = None) -> SourceState:
         return cls(False, text or reason.value, reason)
-
-
-@dataclass(frozen=True)
-class ChainStats:
-    """One camera chain's counters since it started (the source's are added by its worker)."""
-
-    frames_in: int
-    frames_sampled: int
-    bad_frames: int
-    windows: int
-    scene_cuts: int
-    inference_ms: float
-    inference_ms_last: float
-    score: float | None
-    incidents: int
-    incident_open: bool
-    events: int

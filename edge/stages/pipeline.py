@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge.core.config import CameraConfig, DecisionConfig
-from edge.core.messages import EndReason
-from edge.core.values import ChainStats, Frame, OfflineReason, Output, Prediction, Transition
+from edge.core.messages import ChainStats, EndReason
+from edge.core.values import Frame, OfflineReason, Output, Prediction, Transition
 from edge.stages.classifier import StreamClassifier
 from edge.stages.decision import Decider
 from edge.stages.events import build_event
