@@ -19,6 +19,7 @@ import numpy as np
 from edge.adapters.runtime import BundleModel, RuntimeMissing
 from edge.bundle import BundleError
 from edge.core.config import RuntimeName
+from edge.core.errors import EXIT_OK, EXIT_USAGE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         probs = np.stack([model.predict_window(w) for w in windows])
     except (BundleError, RuntimeMissing, OSError, KeyError, ValueError) as exc:
         print(f"edge.verify: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     np.savez(args.out, probs=probs)
     print(json.dumps({"runtime": model.runtime.name, "version": model.runtime.version}))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":
