@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge.adapters.runtime import BundleModel
 from edge.core.config import Config, DecisionConfig, load_config
 from edge.core.values import Prediction
 from edge.stages.decision import Decider
@@ -21,7 +22,7 @@ from edge.synthetic import render_clip, write_stream, write_video
 from edge.tools.calibrate import Recording, calibrate, sweep
 from edge.tools.calibrate.sweep import just_above
 from edge.tools.config_edit import ConfigEditError, edit_decision
-from edge.tools.scan import file_camera, load_model, scan, select_camera
+from edge.tools.scan import file_camera, scan, select_camera
 
 ROOT = Path(__file__).resolve().parents[1]
 START = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
@@ -103,7 +104,7 @@ def test_calm_recordings_give_a_threshold_with_no_false_alarm_and_a_lower_one_wi
 
     # Proof through the daemon's own chain, file by file: the chosen setting stays silent...
     camera = select_camera(config, "door", None)
-    model = load_model(config, None)
+    model = BundleModel.configured(config.model)
     base = config.decision_for(camera)
     chosen_settings = base.model_copy(update={"threshold": chosen.threshold, "start_windows": chosen.start_windows})
     for video in calm:

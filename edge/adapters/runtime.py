@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from edge.bundle import BundleError, Manifest, load_bundle
-from edge.core.config import RuntimeName
+from edge.core.config import ModelConfig, RuntimeName
+from edge.models import resolve_bundle
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,11 @@ class BundleModel:
                 reason = _first_line(exc)
                 raise BundleError(f"{model_path}: signature {name!r} cannot run ({reason}); convert the model again") \
                     from None
+
+    @classmethod
+    def configured(cls, spec: ModelConfig, bundle: str | None = None) -> BundleModel:
+        """The configured bundle (or ``bundle``, a built-in name or a path, instead) with its runtime settings."""
+        return cls(resolve_bundle(bundle or spec.bundle), spec.num_threads, spec.runtime)
 
     @property
     def streaming(self) -> bool:

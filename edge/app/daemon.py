@@ -22,7 +22,6 @@ from edge.adapters.sources import set_v4l2_select_timeout
 from edge.app.worker import CameraWorker
 from edge.core.config import Config
 from edge.core.messages import Stats
-from edge.models import resolve_bundle
 from edge.sinks.base import Sink
 
 log = logging.getLogger(__name__)
@@ -49,8 +48,7 @@ class Daemon:
 
     def run(self) -> int:
         # One interpreter per camera; loading (and the sha256 check) happens before anything starts.
-        spec = self.config.model
-        models = [BundleModel(resolve_bundle(spec.bundle), spec.num_threads, spec.runtime) for _ in self.config.cameras]
+        models = [BundleModel.configured(self.config.model) for _ in self.config.cameras]
         manifest, runtime = models[0].manifest, models[0].runtime
         log.info("model %s %s loaded (%s %s, sha256 %s...)", manifest.name, manifest.version, runtime.name,
                  runtime.version, manifest.sha256[:12])

@@ -61,12 +61,11 @@ def _check_camera(camera) -> tuple[bool, str, np.ndarray | None]:  # type: ignor
 def _check_model(config: Config, frame: np.ndarray | None) -> tuple[bool, str, str]:
     from edge.adapters.runtime import BundleModel, RuntimeMissing
     from edge.bundle import BundleError
-    from edge.models import resolve_bundle
     from edge.preprocess import prepare_frame, window_inputs
 
     item = "model"
     try:
-        model = BundleModel(resolve_bundle(config.model.bundle), config.model.num_threads, config.model.runtime)
+        model = BundleModel.configured(config.model)
     except (BundleError, RuntimeMissing) as exc:
         return False, item, str(exc)
     spec = model.manifest.input

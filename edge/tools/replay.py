@@ -28,10 +28,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.adapters.runtime import BundleModel
 from edge.core.config import Config
 from edge.core.values import Frame
 from edge.sinks.lines import EventsFile
-from edge.tools.scan import Scan, Window, file_camera, load_model, probe, scan, select_camera
+from edge.tools.scan import Scan, Window, file_camera, probe, scan, select_camera
 
 VIDEO_NAME = "annotated.mp4"
 TIMELINE_NAME = "timeline.png"
@@ -126,7 +127,7 @@ def replay(
         require_matplotlib()  # before minutes of inference, not after
     fps = probe(camera)
     decision = config.decision_for(camera)
-    model = load_model(config, model_spec)
+    model = BundleModel.configured(config.model, model_spec)
     out_dir.mkdir(parents=True, exist_ok=True)
     annotator = Annotator(out_dir / VIDEO_NAME, fps)
     events_path = out_dir / EVENTS_NAME

@@ -23,7 +23,6 @@ from edge.core.config import CameraConfig, Config, ConfigError, DecisionConfig
 from edge.core.errors import UsageError
 from edge.core.messages import Event
 from edge.core.values import Frame, Output, Phase, Prediction, SourceState, Transition
-from edge.models import resolve_bundle
 from edge.sinks.base import Sink
 from edge.stages.pipeline import CameraPipeline
 
@@ -131,11 +130,6 @@ def file_camera(camera: CameraConfig, video: Path) -> CameraConfig:
     if not video.is_file():
         raise ReplayError(f"{video}: no such file; check the path of the recording")
     return camera.model_copy(update={"source": str(video), "kind": "file", "realtime": False, "loop": False})
-
-
-def load_model(config: Config, model_spec: str | None) -> BundleModel:
-    spec = config.model
-    return BundleModel(resolve_bundle(model_spec or spec.bundle), spec.num_threads, spec.runtime)
 
 
 def scan(

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from edge.adapters.runtime import BundleModel
 from edge.bundle import read_manifest
 from edge.core.config import Config
 from edge.models import resolve_bundle
 from edge.tools.calibrate.sweep import Calibration, InputError, Recording, sweep
-from edge.tools.scan import VIDEO_SUFFIXES, file_camera, load_model, probe, scan, select_camera
+from edge.tools.scan import VIDEO_SUFFIXES, file_camera, probe, scan, select_camera
 
 Progress = Callable[[str], None]
 
@@ -81,7 +82,7 @@ def calibrate(
         labelled_paths = labelled_folders(labelled_dir, manifest.labels, manifest.anomaly_labels)
     for path in [*recordings, *(p for p, _ in labelled_paths)]:
         probe(file_camera(camera, path))  # an unreadable recording fails before any inference
-    model = load_model(config, model_spec)
+    model = BundleModel.configured(config.model, model_spec)
     decision = config.decision_for(camera)
 
     def score(path: Path) -> Recording:
