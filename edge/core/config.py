@@ -97,10 +97,11 @@ def _optional(field: FieldInfo) -> tuple[Any, FieldInfo]:
     return field.annotation | None, FieldInfo.merge_field_infos(field, default=None)
 
 
-# Per-camera changes to the device-wide decision settings; unset keys inherit them.
+# Generated from DecisionConfig so a camera's overrides have the same keys and bounds by definition.
 DecisionOverrides = create_model(
     "DecisionOverrides",
     __base__=_Section,
+    __doc__="Per-camera changes to the device-wide decision settings; unset keys inherit them.",
     **{name: _optional(field) for name, field in DecisionConfig.model_fields.items()},  # type: ignore[call-overload]
 )
 
