@@ -3,7 +3,7 @@
 Runs the benchmarks in order, prints each table as it finishes and writes them all, with the
 machine they ran on, to one JSON file (bench/results/full.json, or quick.json with --quick).
 A benchmark that fails is reported in its table and makes the exit status 1; the others still run.
-The 4-camera soak is separate because it takes minutes per run: ``python bench/soak.py``.
+The 4-camera soak is separate because it takes minutes per run: ``python -m bench.soak``.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ BENCHMARKS: dict[str, Callable[[Context], Table]] = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0],
-                                     epilog="also: python bench/soak.py --minutes 10 (4 cameras against a broker)")
+                                     epilog="also: python -m bench.soak --minutes 10 (4 cameras against a broker)")
     parser.add_argument("--quick", action="store_true", help="short versions of each benchmark (seconds each)")
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), metavar="NAME",
                         help=f"run only these: {', '.join(BENCHMARKS)}")

@@ -24,12 +24,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python bench/x.py` as well as `python -m bench`
-    sys.path.insert(0, str(ROOT))
+from testbed.broker import Broker
+from testbed.daemon import launch, write_config
 
-from tests.faults import launch, write_config  # noqa: E402
-from tests.fixtures_broker import Broker  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 RESULTS = ROOT / "bench" / "results"
 CACHE = RESULTS / ".cache"  # generated streams and converted bundles; never committed

@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 from bench.common import Settings, Table, log_times, run_daemon
+from edge.adapters.mqtt import Topics
 from edge.bundle import read_manifest
-from edge.config import DecisionConfig
-from edge.mqtt import Topics
-from tests.faults import DEVICE, camera
-from tests.fixtures_broker import Broker, Subscriber, free_port
+from edge.core.config import DecisionConfig
+from testbed.broker import Broker, Subscriber, free_port
+from testbed.daemon import DEVICE, camera
 
 
 def segments(settings: Settings, normal: str, anomaly: str) -> list[tuple[str, float]]:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from bench.common import Settings, Table, run_daemon, tflite_python
-from tests.faults import camera
+from testbed.daemon import camera
 
 RSS_GOAL_MB = 150.0
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from bench.bundles import Models
 from bench.common import ROOT, Settings, Table, seconds_per_call
-from edge.runtime import BundleModel
+from edge.adapters.runtime import BundleModel
 
 if TYPE_CHECKING:
     from converter.runs import RunRecord

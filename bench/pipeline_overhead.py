@@ -1,7 +1,7 @@
 """Pipeline overhead over decoding: CPU seconds per second of video, daemon vs a bare OpenCV decode loop.
 
 Decoding is the floor any camera pipeline pays. Both sides open the file the same way
-(``edge.sources.open_capture``) and both run as child processes measured by the kernel (wait4),
+(``edge.adapters.sources.open_capture``) and both run as child processes measured by the kernel (wait4),
 the daemon as fast as it can (``--fast``). Start-up (imports, model load) is a fixed cost that
 says nothing about a camera running for days, so the per-second figure is the marginal one: the
 difference between the full stream and a short stream, divided by the difference in length.
@@ -16,15 +16,15 @@ from pathlib import Path
 from bench.common import Settings, Table, child_cpu, run_daemon
 from bench.scaling import realtime
 from bench.streams import build_stream
-from tests.faults import camera
+from testbed.daemon import camera
 
 OVERHEAD_GOAL = 0.15
 
 
 def decode_only(path: Path) -> int:
     """The floor: read every frame as the daemon's source does, and nothing else."""
-    from edge.config import CameraConfig
-    from edge.sources import open_capture
+    from edge.adapters.sources import open_capture
+    from edge.core.config import CameraConfig
 
     capture = open_capture(CameraConfig(id="decode", source=str(path)))
     frames = 0

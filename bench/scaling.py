@@ -15,7 +15,7 @@ from typing import Any
 
 from bench.common import Settings, Table, run_daemon
 from bench.soak import sample
-from tests.faults import DaemonProcess, camera
+from testbed.daemon import DaemonProcess, camera
 
 
 def realtime(settings: Settings, stream: dict, bundle: Path, cameras: int) -> dict[str, Any]:

@@ -7,7 +7,7 @@ Every few seconds it samples the daemon's RSS, threads, open file descriptors an
 and a subscriber times the stats messages. The goal (issue 6): RSS growth under 5 MB after warm-up,
 no thread or descriptor growth, stats on time.
 
-    python bench/soak.py --minutes 10          # writes bench/results/soak.json
+    python -m bench.soak --minutes 10          # writes bench/results/soak.json
 """
 
 from __future__ import annotations
@@ -23,12 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from edge.synthetic import write_stream
+from testbed.broker import Broker, Subscriber, free_port
+from testbed.daemon import DEVICE, camera, launch, received, write_config
 
-from edge.synthetic import write_stream  # noqa: E402
-from tests.faults import DEVICE, camera, launch, received, write_config  # noqa: E402
-from tests.fixtures_broker import Broker, Subscriber, free_port  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CAMERAS = 4
 FPS = 25

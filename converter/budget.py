@@ -94,7 +94,7 @@ def model_macs(model: Any) -> Macs:
 _TIMER = """
 import json, sys, time
 import numpy as np
-from edge.runtime import BundleModel
+from edge.adapters.runtime import BundleModel
 model = BundleModel(sys.argv[1], runtime=sys.argv[2])
 spec = model.manifest.input
 shape = [spec.height, spec.width, spec.channels]

@@ -18,9 +18,9 @@ from converter.dataset import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_CACHE, DEFAULT_
 from converter.sampling import DEFAULT_HOP, DEFAULT_INTERVAL_S, DEFAULT_METHOD, SAMPLING_METHODS
 from converter.sources import Source, parse_class_map, parse_source, unique_sources
 from converter.splits import PROTOCOLS
+from edge.adapters.runtime import RuntimeMissing
 from edge.bundle import BundleError
 from edge.preprocess import REPRESENTATIONS
-from edge.runtime import RuntimeMissing
 
 PROG = "rclstm-convert"
 

@@ -42,6 +42,7 @@ from converter import dataset as ds
 from converter.metrics import scores, summarize
 from converter.runs import RunRecord, find_run, held_out
 from converter.sampling import WindowSampling
+from edge.adapters.runtime import BundleModel
 from edge.bundle import (
     MODEL_NAME,
     Manifest,
@@ -55,7 +56,6 @@ from edge.bundle import (
     write_manifest,
 )
 from edge.preprocess import PREPROCESS_VERSION, REPRESENTATIONS, Representation, channels_for
-from edge.runtime import BundleModel
 
 QUANTIZATIONS: tuple[str, ...] = ("float32", "float16", "dynamic", "int8")
 FLOAT_TOLERANCE = 1e-5

@@ -1,8 +1,8 @@
 """The daemon's decision rule, for scoring a model the way a user meets it: as incidents, not windows.
 
-Every import from edge's decision code (edge.calibrate, edge.classifier, edge.config) is in this one
-module, so when those modules move only this file follows them. The rule itself is never copied:
-window scores go through ``edge.calibrate.incidents``, which replays ``edge.decision.Decider``.
+Every import from edge's decision code (the calibration sweep, the flowing values, the config) is in this
+one module, so when those modules move only this file follows them. The rule itself is never copied:
+window scores go through ``edge.tools.calibrate.sweep.incidents``, which replays ``edge.stages.decision.Decider``.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from edge.calibrate import incidents
-from edge.classifier import Prediction
-from edge.config import DecisionConfig
+from edge.core.config import DecisionConfig
+from edge.core.values import Prediction
+from edge.tools.calibrate.sweep import incidents
 
 _LABELS = ["normal", "anomaly"]
 
@@ -29,7 +29,7 @@ def incident_times(ts: Sequence[float], scores: Sequence[float], settings: Decis
     predictions = [
         Prediction(probs=np.array([1.0 - s, s], np.float32), labels=_LABELS, top_label=_LABELS[int(s >= 0.5)],
                    anomaly_score=float(s), ts=float(t), wall=datetime.fromtimestamp(float(t), timezone.utc),
-                   frame=None, anomaly_label="anomaly")
+                   anomaly_label="anomaly")
         for t, s in zip(ts, scores, strict=True)
     ]
     return incidents(predictions, settings)

@@ -1,6 +1,6 @@
 """`rclstm-convert evaluate`: the same metrics for a Keras model or a bundle, on the same held-out clips.
 
-A bundle is scored through ``edge.runtime.BundleModel.predict_window``, the device's own code path,
+A bundle is scored through ``edge.adapters.runtime.BundleModel.predict_window``, the device's own code path,
 so the cost of quantization is one comparison away: evaluate ``model.keras``, then the bundle.
 Held-out clips come from ``--run RUN_DIR``, the run.json beside a model, or the test clips a bundle's
 manifest records; without any of them every clip in DATA_DIR is scored (and the output says so).
@@ -100,7 +100,7 @@ def _keras_predictor(path: Path) -> Any:
 
 
 def _bundle_predictor(path: Path) -> Any:
-    from edge.runtime import BundleModel
+    from edge.adapters.runtime import BundleModel
 
     bundle = BundleModel(path)
     return lambda windows: np.stack([bundle.predict_window(w) for w in windows])

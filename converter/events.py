@@ -31,7 +31,7 @@ import numpy as np
 from converter import dataset as ds
 from converter.device_rule import incident_times
 from converter.sampling import nearest
-from edge.config import DecisionConfig
+from edge.core.config import DecisionConfig
 from edge.preprocess import SCALE, Representation, changed_fraction, model_input
 
 CHUNK = 32  # windows predicted at a time

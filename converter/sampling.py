@@ -128,7 +128,7 @@ def grid_windows(
     """Windows of ``frames + 1`` samples on a fixed time grid over a stream, one every ``hop`` samples.
 
     Returns each window's frame indices and the timestamp of its newest frame (the prediction's ``ts``
-    on the device). The grid starts at the first frame and never moves, as in edge.sampler.
+    on the device). The grid starts at the first frame and never moves, as in edge.stages.sampler.
     """
     targets = np.arange(timestamps[0], timestamps[-1] + _EPS, interval)
     samples = nearest(timestamps, targets)

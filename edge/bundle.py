@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from edge.config import key_path
+from edge.core.config import key_path
 from edge.preprocess import PREPROCESS_VERSION, Representation, channels_for
 
 SCHEMA_VERSION = 1

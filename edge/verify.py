@@ -12,11 +12,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
+from edge.adapters.runtime import BundleModel, RuntimeMissing
 from edge.bundle import BundleError
-from edge.runtime import BundleModel, RuntimeMissing
+from edge.core.config import RuntimeName
+from edge.core.errors import EXIT_OK, EXIT_USAGE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("bundle", type=Path)
     parser.add_argument("inputs", type=Path, help="npz with 'windows' (N x T x H x W x C float32)")
     parser.add_argument("out", type=Path, help="npz to write with 'probs' (N x K)")
-    parser.add_argument("--runtime", default="auto", choices=["auto", "ai-edge-litert", "tflite-runtime"])
+    parser.add_argument("--runtime", default="auto", choices=get_args(RuntimeName))
     args = parser.parse_args(argv)
     try:
         model = BundleModel(args.bundle, runtime=args.runtime)
@@ -33,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         probs = np.stack([model.predict_window(w) for w in windows])
     except (BundleError, RuntimeMissing, OSError, KeyError, ValueError) as exc:
         print(f"edge.verify: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     np.savez(args.out, probs=probs)
     print(json.dumps({"runtime": model.runtime.name, "version": model.runtime.version}))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from edge.adapters.runtime import BundleModel
 from edge.models import resolve_bundle
-from edge.runtime import BundleModel
 
 # A generated dataset small enough to train in seconds and big enough for a group split.
 SYNTH_CLIPS_PER_CLASS = 12

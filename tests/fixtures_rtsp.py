@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_broker import free_port
+from testbed.broker import free_port
 
 SERVER_SCRIPT = Path(__file__).with_name("rtsp_server.py")
 SYSTEM_PYTHON = os.environ.get("RCLSTM_GI_PYTHON", "/usr/bin/python3")

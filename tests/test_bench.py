@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_broker import mosquitto_binary
+from testbed.broker import mosquitto_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = ("model_cost", "pipeline_overhead", "memory_startup", "latency", "accuracy", "scaling")

@@ -13,12 +13,12 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.adapters.runtime import BundleModel
 from edge.bundle import BundleError, load_bundle, read_manifest
-from edge.classifier import StreamClassifier
+from edge.core.values import Frame
 from edge.models import resolve_bundle
-from edge.runtime import BundleModel
-from edge.sampler import Sampler
-from edge.sources import Frame
+from edge.stages.classifier import StreamClassifier
+from edge.stages.sampler import Sampler
 from edge.synthetic import write_stream
 from tests.fixtures_models import tflite_python
 

@@ -14,19 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.calibrate import (
-    CalibrationError,
-    Recording,
-    calibrate,
-    edit_decision,
-    just_above,
-    sweep,
-)
-from edge.classifier import Prediction
-from edge.config import Config, DecisionConfig, load_config
-from edge.decision import Decider
-from edge.replay import file_camera, load_model, scan, select_camera
+from edge.adapters.runtime import BundleModel
+from edge.core.config import Config, DecisionConfig, load_config
+from edge.core.values import Prediction
+from edge.stages.decision import Decider
 from edge.synthetic import render_clip, write_stream, write_video
+from edge.tools.calibrate import Recording, calibrate, sweep
+from edge.tools.calibrate.sweep import just_above
+from edge.tools.config_edit import ConfigEditError, edit_decision
+from edge.tools.scan import file_camera, scan, select_camera
 
 ROOT = Path(__file__).resolve().parents[1]
 START = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
@@ -83,7 +79,7 @@ def predictions(scores: list[float], t0: float = 0.0) -> list[Prediction]:
         ts = t0 + i * STEP
         out.append(Prediction(probs=np.array([1 - score, score], np.float32), labels=labels,
                               top_label="fight" if score >= 0.5 else "calm", anomaly_score=score, ts=ts,
-                              wall=START + timedelta(seconds=ts), frame=None, anomaly_label="fight"))
+                              wall=START + timedelta(seconds=ts), anomaly_label="fight"))
     return out
 
 
@@ -108,7 +104,7 @@ def test_calm_recordings_give_a_threshold_with_no_false_alarm_and_a_lower_one_wi
 
     # Proof through the daemon's own chain, file by file: the chosen setting stays silent...
     camera = select_camera(config, "door", None)
-    model = load_model(config, None)
+    model = BundleModel.configured(config.model)
     base = config.decision_for(camera)
     chosen_settings = base.model_copy(update={"threshold": chosen.threshold, "start_windows": chosen.start_windows})
     for video in calm:
@@ -222,9 +218,9 @@ def test_edit_decision_layouts() -> None:
     assert edit_decision(last, "a", 0.5, 2) == last + "\n\n[cameras.decision]\nthreshold = 0.5\nstart_windows = 2\n"
 
     inline = '[[cameras]]\nid = "a"\nsource = 0\ndecision = { threshold = 0.3 }\n'
-    with pytest.raises(CalibrationError, match="by hand"):
+    with pytest.raises(ConfigEditError, match="by hand"):
         edit_decision(inline, "a", 0.25, 3)
-    with pytest.raises(CalibrationError, match="camera b is not in the config file"):
+    with pytest.raises(ConfigEditError, match="camera b is not in the config file"):
         edit_decision(last, "b", 0.25, 3)
 
 

@@ -25,7 +25,7 @@ def test_schema_event_prints_the_committed_schema() -> None:
     proc = rclstm("schema", "event")
     assert proc.returncode == 0, proc.stderr
     schema = json.loads(proc.stdout)
-    assert schema == json.loads((ROOT / "edge" / "schemas" / "event.json").read_text())
+    assert schema == json.loads((ROOT / "docs" / "schemas" / "event.json").read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
 
 

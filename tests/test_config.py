@@ -8,12 +8,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.config import (
+from edge.core.config import (
     PASSWORD_ENV,
     Config,
     ConfigError,
     MqttConfig,
     load_config,
+    override,
     resolve_key_file,
     resolve_password,
     secret_exposure_warning,
@@ -68,7 +69,7 @@ def test_no_file_gives_runnable_defaults() -> None:
 
 
 def test_overrides_are_dotted_keys(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, VALID), {"mqtt.url": "mqtt://localhost", "decision.hop": 8})
+    config = override(load_config(write(tmp_path, VALID)), {"mqtt.url": "mqtt://localhost", "decision.hop": 8})
     assert (config.mqtt.port, config.mqtt.tls, config.decision.hop) == (1883, False, 8)
 
 

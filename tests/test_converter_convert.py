@@ -16,8 +16,8 @@ import pytest
 from converter import dataset as ds
 from converter.cli import main
 from converter.runs import find_run, held_out
+from edge.adapters.runtime import BundleModel
 from edge.bundle import read_manifest, sha256_file
-from edge.runtime import BundleModel
 from tests.fixtures_models import tflite_python
 
 pytestmark = pytest.mark.slow

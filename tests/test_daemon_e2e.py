@@ -24,10 +24,10 @@ from typing import Any
 import jsonschema
 import pytest
 
-from edge.outbox import IncidentMark, Outbox
+from edge.adapters.outbox import IncidentMark, Outbox
 from edge.synthetic import write_stream
-from tests.faults import outbox_events
-from tests.fixtures_broker import PASSWORD, Broker, Subscriber
+from testbed.broker import PASSWORD, Broker, Subscriber
+from testbed.daemon import outbox_events
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = "dev-e2e"
@@ -46,7 +46,7 @@ def stream(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple[float,
 
 @pytest.fixture(scope="module")
 def event_schema() -> dict[str, Any]:
-    return json.loads((ROOT / "edge" / "schemas" / "event.json").read_text())
+    return json.loads((ROOT / "docs" / "schemas" / "event.json").read_text())
 
 
 def write_config(tmp_path: Path, video: Path | str, broker: Broker | None = None, *, loop: bool = False,
@@ -257,7 +257,7 @@ def test_refused_credentials_clear_line_backoff_and_idle_cpu(mosquitto_auth_brok
     print(f"cpu {cpu:.2f} s and {attempts} connection attempts in 6 s")
     assert cpu < 1.0, f"{cpu:.2f} s of CPU in 6 s: a reconnect storm"
     assert attempts <= 4
-    errors = [line for line in err.splitlines() if "level=error" in line and "logger=edge.mqtt" in line]
+    errors = [line for line in err.splitlines() if "level=error" in line and "logger=edge.adapters.mqtt" in line]
     assert len(errors) == 1 and "refused the connection" in errors[0] and "mqtt.username" in errors[0], err
     assert "Traceback" not in err and "not-the-password-42" not in out + err
     assert code == 0
@@ -281,7 +281,7 @@ def test_run_without_broker_prints_events_and_never_imports_tensorflow(stream, e
     config = write_config(tmp_path, video)
     script = (
         "import json, sys\n"
-        "from edge.cli import main\n"
+        "from edge.app.cli import main\n"
         f"code = main(['run', '--config', {str(config)!r}, '--fast'])\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras'))\n"
         "print(json.dumps({'modules': heavy}), file=sys.stderr)\n"
@@ -304,7 +304,8 @@ def test_runtime_chatter_is_logged_at_debug(stream, tmp_path):
     assert code == 0, err
     assert all(line.startswith("ts=") for line in err.splitlines()), err
     if "ai-edge-litert" in err:  # the runtime that prints it; tflite-runtime 2.14 is quiet
-        assert re.search(r"level=debug logger=edge.runtime msg=\"runtime: INFO: Created TensorFlow Lite XNNPACK", err)
+        created = r"level=debug logger=edge.adapters.runtime msg=\"runtime: INFO: Created TensorFlow Lite XNNPACK"
+        assert re.search(created, err)
 
 
 def test_check_passes_on_a_good_setup(mosquitto_tls_broker, subscriber, stream, tmp_path):

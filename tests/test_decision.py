@@ -8,9 +8,9 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from edge.classifier import Prediction
-from edge.config import DecisionConfig
-from edge.decision import Decider, Transition
+from edge.core.config import DecisionConfig
+from edge.core.values import Prediction, Transition
+from edge.stages.decision import Decider
 
 START = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 LABELS = ["calm", "fight", "theft"]
@@ -27,7 +27,6 @@ def pred(ts: float, score: float, label: str = "fight") -> Prediction:
         anomaly_score=score,
         ts=ts,
         wall=START + timedelta(seconds=ts),
-        frame=np.full((2, 2, 3), int(score * 100), np.uint8),
         anomaly_label=label,
     )
 
@@ -64,7 +63,6 @@ def test_start_needs_consecutive_windows_and_end_needs_consecutive_below() -> No
     assert end.windows == 5
     assert end.mean_score == pytest.approx(np.mean([0.6, 0.8, 0.2, 0.3, 0.7]))
     assert end.peak_score == pytest.approx(0.8) and end.peak_ts == 3.0
-    assert end.peak_frame is not None and end.peak_frame[0, 0, 0] == 80
     assert decider.incidents == 1 and not decider.open
 
 

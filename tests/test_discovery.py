@@ -22,7 +22,7 @@ import jinja2
 import jsonschema
 import pytest
 
-from edge.config import MqttConfig
+from edge.core.config import MqttConfig
 from edge.synthetic import write_stream
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from edge.synthetic import write_stream
-from tests.faults import DEVICE, EAGER, Key, camera, launch, outbox_events, received, tally, write_config
-from tests.fixtures_broker import Subscriber
+from testbed.broker import Subscriber
+from testbed.daemon import DEVICE, EAGER, Key, camera, launch, outbox_events, received, tally, write_config
 from tests.fixtures_rtsp import wait_until
 
 EVENTS = f"rclstm/{DEVICE}/+/events"

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.faults import DEVICE, DaemonProcess, NotifySocket, camera, launch, write_config
-from tests.fixtures_broker import Subscriber
+from testbed.broker import Subscriber
+from testbed.daemon import DEVICE, DaemonProcess, NotifySocket, camera, launch, write_config
 from tests.fixtures_rtsp import RtspServer, wait_until
 
 SHORT = {"open_timeout_s": 2.0, "read_timeout_s": 2.0, "stall_timeout_s": 3.0}
@@ -75,7 +75,7 @@ def test_killed_camera_goes_offline_and_comes_back(rtsp_server, mosquitto_broker
     assert code == 0, daemon.stderr
     assert sub.wait_for(lambda _: statuses(sub)[-1] == {**statuses(sub)[-1], "online": False, "reason": "stopped"}, 10)
     assert notify.count("READY=1") == 1 and notify.count("STOPPING=1") == 1
-    assert "level=warning logger=edge.daemon" not in daemon.stderr, "the watchdog was starved by a handled outage"
+    assert "level=warning logger=edge.app.daemon" not in daemon.stderr, "the watchdog was starved by a handled outage"
 
 
 def test_frozen_camera_is_detected_and_reopened(rtsp_server, mosquitto_broker, subscriber, tmp_path):

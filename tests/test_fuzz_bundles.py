@@ -163,7 +163,7 @@ import json, random, shutil, sys
 from pathlib import Path
 import numpy as np
 from edge.bundle import BundleError
-from edge.runtime import BundleModel
+from edge.adapters.runtime import BundleModel
 from tests.test_fuzz_bundles import DEMO, rehash
 
 work, seed, count = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import load_config
-from edge.install import InstallError, InstallOptions, install, render_config, uninstall, unit_text
+from edge.core.config import load_config
+from edge.provision.install import InstallError, InstallOptions, install, render_config, uninstall, unit_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -150,7 +150,7 @@ def test_install_creates_a_venv_with_this_package(tmp_path: Path) -> None:
             str(venv_python),
             "-c",
             "import edge, importlib.resources as r; print(edge.__version__);"
-            "print(r.files('edge').joinpath('unit/rclstm-edge.service').is_file())",
+            "print(r.files('edge.provision').joinpath('unit/rclstm-edge.service').is_file())",
         ],
         capture_output=True,
         text=True,

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import ConfigError, MqttConfig
-from edge.mqtt import Publisher, check_broker
-from edge.outbox import Outbox
-from tests.fixtures_broker import PASSWORD, USERNAME, Broker
+from edge.adapters.mqtt import Publisher, check_broker
+from edge.adapters.outbox import Outbox
+from edge.core.config import ConfigError, MqttConfig
+from testbed.broker import PASSWORD, USERNAME, Broker
 
 
 def wait_until(predicate, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
@@ -114,7 +114,7 @@ def test_restarted_publisher_resends_unacknowledged_rows(mosquitto_broker, subsc
 
 
 def test_refused_credentials_log_one_clear_line_and_back_off(mosquitto_auth_broker, tmp_path, caplog):
-    caplog.set_level(logging.DEBUG, logger="edge.mqtt")
+    caplog.set_level(logging.DEBUG, logger="edge.adapters.mqtt")
     publisher, outbox = make_publisher(mosquitto_auth_broker, tmp_path, username=USERNAME, password="wrong-pw-123")
     outbox.put("rclstm/dev1/cam0/events", b"x")
     publisher.start()

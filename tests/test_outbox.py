@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.outbox import IncidentMark, Outbox
+from edge.adapters.outbox import IncidentMark, Outbox
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ def test_put_pending_ack_in_order(tmp_path: Path) -> None:
     assert [r.topic for r in box.pending()] == [f"t/{i}" for i in range(5)]
     assert [r.id for r in box.pending(after_id=ids[1], limit=2)] == ids[2:4]
     assert box.depth() == 5
-    assert box.bytes() == sum(len(f"t/{i}") + len(f"payload {i}") for i in range(5))
+    assert box.size() == sum(len(f"t/{i}") + len(f"payload {i}") for i in range(5))
     box.ack(ids[0])
     box.ack(ids[0])  # a second PUBACK for a resent message is harmless
     box.ack(ids[3])
@@ -59,7 +59,7 @@ def test_unacknowledged_rows_survive_reopen(tmp_path: Path) -> None:
     again = Outbox(tmp_path / "outbox.db")
     rows = again.pending()
     assert [(r.topic, r.payload, r.retain) for r in rows] == [("b", b"2", True)]
-    assert again.depth() == 1 and again.bytes() == 2
+    assert again.depth() == 1 and again.size() == 2
     assert again._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
@@ -79,7 +79,7 @@ def test_full_by_bytes_drops_oldest(tmp_path: Path) -> None:
     for i in range(4):
         box.put("t", bytes([i]) * 999)  # 1000 bytes each with the topic
     assert [r.payload[0] for r in box.pending()] == [2, 3]
-    assert box.bytes() == 2000 and box.dropped == 2
+    assert box.size() == 2000 and box.dropped == 2
 
 
 def test_garbage_file_is_moved_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -95,7 +95,7 @@ def test_garbage_file_is_moved_aside(tmp_path: Path, caplog: pytest.LogCaptureFi
 WRITER = textwrap.dedent(
     """
     import sys
-    from edge.outbox import IncidentMark, Outbox
+    from edge.adapters.outbox import IncidentMark, Outbox
     box = Outbox(sys.argv[1])
     i = 0
     while True:
@@ -132,7 +132,7 @@ def test_sigkill_mid_write_keeps_every_committed_row(tmp_path: Path) -> None:
 DISK_FULL = textwrap.dedent(
     """
     import resource, signal, sys
-    from edge.outbox import IncidentMark, Outbox
+    from edge.adapters.outbox import IncidentMark, Outbox
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     box = Outbox(sys.argv[1])
@@ -182,4 +182,4 @@ def test_concurrent_put_and_ack_keep_the_counters(tmp_path: Path) -> None:
             box.ack(row.id)
             acked += 1
     thread.join()
-    assert acked == 100 and box.depth() == 0 and box.bytes() == 0
+    assert acked == 100 and box.depth() == 0 and box.size() == 0

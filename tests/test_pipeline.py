@@ -11,30 +11,34 @@ import jsonschema
 import numpy as np
 import pytest
 
-from edge.config import CameraConfig, DecisionConfig
-from edge.decision import Transition
-from edge.events import Event, event_json, event_schema
-from edge.pipeline import CameraPipeline
-from edge.runtime import BundleModel
-from edge.sources import CameraSource, Frame
+from edge.adapters.runtime import BundleModel
+from edge.adapters.sources import CameraSource
+from edge.core.config import CameraConfig, DecisionConfig
+from edge.core.messages import Event, message_json, schema
+from edge.core.values import Frame, OfflineReason, Output
+from edge.stages.pipeline import CameraPipeline
 from edge.synthetic import render_clip, write_stream
 
 START = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 
 
 class Sink:
+    """Collects what the chain returns."""
+
     def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.transitions: list[Transition] = []
+        self.outputs: list[Output] = []
 
-    def __call__(self, event: Event, transition: Transition) -> None:
-        self.events.append(event)
-        self.transitions.append(transition)
+    def __call__(self, outputs: list[Output]) -> None:
+        self.outputs += outputs
+
+    @property
+    def events(self) -> list[Event]:
+        return [o.event for o in self.outputs]
 
 
-def pipeline(model: BundleModel, sink: Sink, camera: CameraConfig | None = None, **decision: float) -> CameraPipeline:
+def pipeline(model: BundleModel, camera: CameraConfig | None = None, **decision: float) -> CameraPipeline:
     camera = camera or CameraConfig(id="door", source="unused.mp4")
-    return CameraPipeline(camera, DecisionConfig(**decision), model, "pi-7", "store 12", sink)
+    return CameraPipeline(camera, DecisionConfig(**decision), model, "pi-7", "store 12")
 
 
 def synthetic_frames(kind: str, seconds: float, fps: float = 25.0, t0: float = 0.0, seed: int = 0) -> list[Frame]:
@@ -49,12 +53,13 @@ def test_video_with_one_fight_gives_one_incident_overlapping_it(tmp_path: Path, 
     spans = write_stream(video, [("calm", 8), ("fight", 5), ("calm", 8)])
     camera = CameraConfig(id="door", source=str(video), realtime=False)
     sink = Sink()
-    chain = pipeline(demo_model, sink, camera)
-    first: list[Frame] = []
+    chain = pipeline(demo_model, camera)
+    frames: list[Frame] = []
     for frame in CameraSource(camera).frames(threading.Event()):
-        first = first or [frame]
-        chain.process(frame)
-    chain.finish()
+        frames.append(frame)
+        sink(chain.process(frame))
+    sink(chain.finish())
+    first = frames[:1]
 
     kinds = [e.type for e in sink.events]
     assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("start") == 1 and kinds.count("end") == 1
@@ -70,40 +75,44 @@ def test_video_with_one_fight_gives_one_incident_overlapping_it(tmp_path: Path, 
     assert end.label == "fight" and end.peak_score >= 0.5 and end.windows >= 2
     assert (end.device_id, end.camera_id, end.site) == ("pi-7", "door", "store 12")
     assert end.model.sha256 == demo_model.manifest.sha256
-    validator = jsonschema.Draft202012Validator(event_schema(), format_checker=jsonschema.FormatChecker())
+    validator = jsonschema.Draft202012Validator(schema("event"), format_checker=jsonschema.FormatChecker())
     for event in sink.events:
-        validator.validate(json.loads(event_json(event)))
-    assert sink.transitions[-1].peak_frame is not None
+        validator.validate(json.loads(message_json(event)))
+    # The end carries the frame of the incident's peak window (for a snapshot); nothing else carries pixels.
+    last = sink.outputs[-1]
+    peak = next(f for f in frames if f.ts == last.transition.peak_ts)
+    assert last.peak_frame is not None and np.array_equal(last.peak_frame, peak.image)
+    assert all(o.peak_frame is None for o in sink.outputs[:-1])
 
     stats = chain.stats()
-    assert stats["frames_in"] == 21 * 25
+    assert stats.frames_in == 21 * 25
     interval = demo_model.manifest.sampling.frame_interval_s
-    assert abs(stats["frames_sampled"] - 21 / interval) <= 2
-    assert stats["incidents"] == 1 and stats["events"] == len(sink.events) and not stats["incident_open"]
-    assert stats["windows"] > 0 and stats["inference_ms"] > 0
+    assert abs(stats.frames_sampled - 21 / interval) <= 2
+    assert stats.incidents == 1 and stats.events == len(sink.events) and not stats.incident_open
+    assert stats.windows > 0 and stats.inference_ms > 0
 
 
 def test_calm_video_gives_no_event(demo_model: BundleModel) -> None:
     sink = Sink()
-    chain = pipeline(demo_model, sink)
+    chain = pipeline(demo_model)
     for frame in synthetic_frames("calm", 10, seed=4):
-        chain.process(frame)
-    chain.finish()
+        sink(chain.process(frame))
+    sink(chain.finish())
     assert sink.events == []
-    assert chain.stats()["windows"] > 0
+    assert chain.stats().windows > 0
 
 
 def test_finish_closes_an_incident_still_open_at_the_end(demo_model: BundleModel) -> None:
     sink = Sink()
-    chain = pipeline(demo_model, sink)
+    chain = pipeline(demo_model)
     frames = synthetic_frames("fight", 6, seed=2)
     for frame in frames:
-        chain.process(frame)
-    assert sink.events[0].type == "start" and chain.stats()["incident_open"]
-    chain.finish()
+        sink(chain.process(frame))
+    assert sink.events[0].type == "start" and chain.stats().incident_open
+    sink(chain.finish())
     assert sink.events[-1].type == "end" and sink.events[-1].end_reason == "stopped"
     assert sink.events[-1].emitted_at == frames[-1].wall
-    chain.finish()  # nothing left to close
+    assert chain.finish() == []  # nothing left to close
     assert [e.type for e in sink.events].count("end") == 1
 
 
@@ -114,45 +123,46 @@ def test_a_light_switched_on_and_off_is_a_scene_cut_not_an_anomaly(demo_model: B
     peak = {}
     for scene_cut in (1.0, 0.6):  # off, then the default
         scores: list[float] = []
-        chain = pipeline(demo_model, Sink(), scene_cut=scene_cut)
+        chain = pipeline(demo_model, scene_cut=scene_cut)
         chain.on_window = lambda p, scores=scores: scores.append(p.anomaly_score)
         for frame in switched:
             chain.process(frame)
         peak[scene_cut] = max(scores)
-        cuts = chain.stats()["scene_cuts"]
+        cuts = chain.stats().scene_cuts
     # Across a switch the difference image is one bright frame the model never saw: it reads it as
     # violent movement. Counted as a cut, the difference reads as none and the scene stays calm.
     assert peak[1.0] > 0.9 and peak[0.6] < 0.1, peak
     assert cuts == 9  # switches at 3, 6, ... 27 s
 
 
-@pytest.mark.parametrize(("reason", "end_reason"), [("end of file", "stopped"), ("stopped", "stopped"),
-                                                   ("no frame for 10.0 s", "camera_lost")])
-def test_going_offline_ends_the_incident_as_a_stop_or_a_loss(demo_model: BundleModel, reason: str,
+@pytest.mark.parametrize(("reason", "end_reason"), [(OfflineReason.END_OF_FILE, "stopped"),
+                                                   (OfflineReason.STOPPED, "stopped"),
+                                                   (OfflineReason.LOST, "camera_lost")])
+def test_going_offline_ends_the_incident_as_a_stop_or_a_loss(demo_model: BundleModel, reason: OfflineReason,
                                                             end_reason: str) -> None:
     sink = Sink()
-    chain = pipeline(demo_model, sink)
+    chain = pipeline(demo_model)
     for frame in synthetic_frames("fight", 4, seed=2):
-        chain.process(frame)
-    chain.gap(reason)
+        sink(chain.process(frame))
+    sink(chain.gap(reason))
     assert sink.events[-1].type == "end" and sink.events[-1].end_reason == end_reason
 
 
 def test_gap_closes_the_incident_and_needs_a_fresh_window(demo_model: BundleModel) -> None:
     sink = Sink()
-    chain = pipeline(demo_model, sink)
+    chain = pipeline(demo_model)
     before = synthetic_frames("fight", 4, seed=2)
     for frame in before:
-        chain.process(frame)
-    assert chain.stats()["incident_open"]
-    windows_before = chain.stats()["windows"]
-    chain.gap("no frame for 10.0 s")
+        sink(chain.process(frame))
+    assert chain.stats().incident_open
+    windows_before = chain.stats().windows
+    sink(chain.gap(OfflineReason.LOST))
     assert sink.events[-1].type == "end" and sink.events[-1].emitted_at == before[-1].wall
     assert sink.events[-1].end_reason == "camera_lost"
-    assert not chain.stats()["incident_open"]
+    assert not chain.stats().incident_open
     # After the gap a whole new window of sampled frames is needed before the next classification.
     window_s = demo_model.manifest.sampling.frame_interval_s * demo_model.manifest.input.frames
     after = synthetic_frames("fight", window_s * 0.9, t0=100.0, seed=8)
     for frame in after:
-        chain.process(frame)
-    assert chain.stats()["windows"] == windows_before
+        sink(chain.process(frame))
+    assert chain.stats().windows == windows_before

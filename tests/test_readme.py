@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edge.config import load_config
+from edge.core.config import load_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

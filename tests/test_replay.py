@@ -18,9 +18,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.config import Config
-from edge.replay import EVENTS_NAME, TIMELINE_NAME, VIDEO_NAME, Replay, border_width, replay
+from edge.core.config import Config
 from edge.synthetic import write_stream
+from edge.tools.replay import EVENTS_NAME, TIMELINE_NAME, VIDEO_NAME, Replay, border_width, replay
 from tests.media import read_frames
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,7 +207,7 @@ def test_bad_input_is_one_line_and_exit_2(case: str, tmp_path: Path, stream: Str
 
 
 def test_missing_matplotlib_is_one_line_before_any_work(tmp_path: Path, stream: Stream) -> None:
-    code = ("import sys; sys.modules['matplotlib'] = None; from edge.cli import main; "
+    code = ("import sys; sys.modules['matplotlib'] = None; from edge.app.cli import main; "
             f"raise SystemExit(main(['replay', {str(stream[0])!r}, '--model', 'demo', '--out', {str(tmp_path)!r}]))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 1

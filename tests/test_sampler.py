@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.sampler import Sampler
-from edge.sources import Frame
+from edge.core.values import Frame
+from edge.stages.sampler import Sampler
 
 START = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 PIXEL = np.zeros((2, 2, 3), np.uint8)

@@ -14,8 +14,8 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge.synthetic import write_stream
-from tests.faults import EAGER, launch, received, write_config
-from tests.fixtures_broker import PASSWORD, Broker, Subscriber, free_port
+from testbed.broker import PASSWORD, Broker, Subscriber, free_port
+from testbed.daemon import EAGER, launch, received, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

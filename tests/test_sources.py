@@ -14,18 +14,19 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.config import CameraConfig
-from edge.sources import (
+from edge.adapters.sources import (
     FFMPEG_OPTIONS_ENV,
     V4L2_SELECT_TIMEOUT_ENV,
     CameraSource,
-    Frame,
     SourceError,
     StallWatch,
     open_capture,
     read_one,
     redact,
+    set_v4l2_select_timeout,
 )
+from edge.core.config import CameraConfig
+from edge.core.values import Frame, OfflineReason, SourceState
 
 SIZE = (64, 48)  # width, height
 
@@ -49,10 +50,12 @@ class States:
 
     def __init__(self, stop: threading.Event | None = None, until: int | None = None) -> None:
         self.calls: list[tuple[bool, str]] = []
+        self.reasons: list[OfflineReason | None] = []
         self.stop, self.until = stop, until
 
-    def __call__(self, online: bool, reason: str) -> None:
-        self.calls.append((online, reason))
+    def __call__(self, state: SourceState) -> None:
+        self.calls.append((state.online, state.text))
+        self.reasons.append(state.reason)
         if self.stop is not None and self.until is not None and len(self.calls) >= self.until:
             self.stop.set()
 
@@ -78,7 +81,8 @@ def test_file_is_decoded_with_its_own_timestamps_and_ends(tmp_path: Path) -> Non
     assert all(f.wall == start + timedelta(seconds=f.ts) for f in frames)
     assert all(f.image.shape == (48, 64, 3) and f.image.dtype == np.uint8 for f in frames)
     assert states.calls == [(True, "streaming"), (False, "end of file")]
-    assert (source.frames_in, source.reconnects, source.stalls, source.bad_frames) == (30, 0, 0, 0)
+    assert states.reasons == [None, OfflineReason.END_OF_FILE]
+    assert (len(frames), source.reconnects, source.stalls, source.bad_frames) == (30, 0, 0, 0)
 
 
 def test_realtime_file_delivers_every_frame(tmp_path: Path) -> None:
@@ -97,6 +101,7 @@ def test_looped_file_keeps_timestamps_increasing_until_stopped(tmp_path: Path) -
     # One period between passes, as if the file were one endless stream.
     assert [f.ts for f in frames] == pytest.approx([i * 0.1 for i in range(25)])
     assert states.calls == [(True, "streaming"), (False, "stopped")]
+    assert states.reasons == [None, OfflineReason.STOPPED]
     assert source.reconnects == 0
 
 
@@ -143,7 +148,7 @@ def test_stop_during_a_long_backoff_returns_and_heartbeat_moves(tmp_path: Path) 
 
     worker = threading.Thread(target=run)
     worker.start()
-    while source.reason == "not started":
+    while source.state.text == "not started":
         assert not done.wait(0.01)
     waiting_since = source.heartbeat
     while source.heartbeat == waiting_since:  # the backoff wait keeps beating for the daemon's watchdog
@@ -151,7 +156,8 @@ def test_stop_during_a_long_backoff_returns_and_heartbeat_moves(tmp_path: Path) 
     stop.set()
     worker.join(timeout=30)
     assert done.is_set(), "frames() did not return after stop during a backoff wait"
-    assert source.reason.startswith("camera door: cannot open file source")
+    assert source.state.text.startswith("camera door: cannot open file source")
+    assert source.state.reason is OfflineReason.LOST
 
 
 def test_missing_file_error_names_the_camera_and_the_fix(tmp_path: Path) -> None:
@@ -275,15 +281,23 @@ def test_rtsp_is_asked_for_tcp_and_operator_options_are_kept(monkeypatch: pytest
     assert os.environ[FFMPEG_OPTIONS_ENV] == "rtsp_transport;udp"
 
 
-def test_missing_v4l2_device_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(V4L2_SELECT_TIMEOUT_ENV, raising=False)
+def test_missing_v4l2_device_is_a_clear_error() -> None:
     camera = CameraConfig(id="usb", source="/dev/video97", read_timeout_s=2.5)
     assert camera.resolved_kind() == "v4l2"
     with pytest.raises(SourceError, match=r"camera usb: cannot open v4l2 source /dev/video97: check the device"):
         open_capture(camera)
-    assert os.environ[V4L2_SELECT_TIMEOUT_ENV] == "3"
     with pytest.raises(SourceError, match="v4l2 source 97"):
         open_capture(CameraConfig(id="usb", source=97))
+
+
+def test_v4l2_wait_is_the_shortest_v4l2_cameras_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenCV reads it once per process: the shortest camera's, and longer ones read again (per camera)."""
+    monkeypatch.delenv(V4L2_SELECT_TIMEOUT_ENV, raising=False)
+    set_v4l2_select_timeout([CameraConfig(id="file", source="a.mp4", read_timeout_s=1.0)])
+    assert V4L2_SELECT_TIMEOUT_ENV not in os.environ  # no V4L2 camera: OpenCV's own default stays
+    set_v4l2_select_timeout([CameraConfig(id="usb", source="/dev/video0", read_timeout_s=7.0),
+                             CameraConfig(id="usb2", source=1, read_timeout_s=2.5)])
+    assert os.environ[V4L2_SELECT_TIMEOUT_ENV] == "3"
 
 
 def test_redact_hides_only_the_password() -> None:

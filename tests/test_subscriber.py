@@ -20,9 +20,9 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge.outbox import Outbox
+from edge.adapters.outbox import Outbox
 from edge.synthetic import write_stream
-from tests.fixtures_broker import Broker
+from testbed.broker import Broker
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBSCRIBER = ROOT / "examples" / "subscriber.py"

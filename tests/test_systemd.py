@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge import systemd
+from edge.adapters import systemd
 
 
 def _receiver(address: str) -> socket.socket:

@@ -1,0 +1,1 @@
+"""Layer 1: the outside world (cameras, the TFLite runtime, SQLite, MQTT, systemd, logs)."""

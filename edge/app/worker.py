@@ -1,0 +1,81 @@
+"""One camera's thread: its source feeds its pipeline, whose outputs go to the sink.
+
+Each worker has its own interpreter (they are not thread-safe). The source's state changes arrive
+here, on the camera's own thread: going offline closes the pipeline's window (and any incident)
+before the sink hears that the camera is offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timezone
+
+from edge.adapters.runtime import BundleModel
+from edge.adapters.sources import CameraSource
+from edge.core.config import CameraConfig, Config
+from edge.core.messages import CameraStats, CameraStatus
+from edge.core.values import Output, SourceState
+from edge.sinks.base import Sink
+from edge.stages.pipeline import CameraPipeline
+
+log = logging.getLogger(__name__)
+
+
+class CameraWorker:
+    def __init__(self, camera: CameraConfig, config: Config, model: BundleModel, sink: Sink) -> None:
+        self.camera = camera
+        self.sink = sink
+        self.pipeline = CameraPipeline(camera, config.decision_for(camera), model, config.device_id, config.site)
+        self.source = CameraSource(camera, on_state=self._source_state)
+        self.thread: threading.Thread | None = None
+        self.started = time.monotonic()
+        self.error: str | None = None
+
+    def start(self, stop: threading.Event) -> None:
+        self.thread = threading.Thread(target=self._run, args=(stop,), name=f"camera-{self.camera.id}", daemon=True)
+        self.thread.start()
+
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def progress(self) -> float:
+        """Monotonic time of the last sign of life from the capture/processing loop."""
+        return max(self.started, self.source.heartbeat)
+
+    def stale_after(self) -> float:
+        """How long the loop may legitimately block: an open or a read waiting for its timeout."""
+        c = self.camera
+        return 2 * max(c.open_timeout_s, c.read_timeout_s, c.stall_timeout_s)
+
+    def stats(self) -> CameraStats:
+        source = self.source
+        return CameraStats(
+            **self.pipeline.stats().model_dump(),  # CameraStats extends ChainStats: the same fields by definition
+            online=source.online,
+            reconnects=source.reconnects,
+            stalls=source.stalls,
+            source_bad_frames=source.bad_frames,
+            stale_frames=source.stale_frames,
+        )
+
+    def _run(self, stop: threading.Event) -> None:
+        try:
+            for frame in self.source.frames(stop):
+                self._emit(self.pipeline.process(frame))
+        except Exception as exc:  # a bug in one camera's chain must not take the others down silently
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("camera %s stopped: %s", self.camera.id, self.error)
+        finally:
+            self._emit(self.pipeline.finish())
+
+    def _source_state(self, state: SourceState) -> None:
+        if state.reason is not None:
+            self._emit(self.pipeline.gap(state.reason))
+        status = CameraStatus(online=state.online, reason=state.text, since=datetime.now(timezone.utc))
+        self.sink.camera_state(self.camera.id, status)
+
+    def _emit(self, outputs: list[Output]) -> None:
+        for output in outputs:
+            self.sink.emit(self.camera.id, output)

@@ -1,0 +1,343 @@
+"""Daemon settings: one TOML file (plus command-line overrides) validated once at start.
+
+Secrets (the MQTT password, a TLS client key) come from environment variables or from systemd's
+``$CREDENTIALS_DIRECTORY`` as well as from the file, so an installer never has to leave a password
+in a world-readable config. Every problem is reported as one line naming the key path, the value
+and what is allowed, so ``rclstm-edge check`` can print them all at once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import sys
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic.fields import FieldInfo
+
+from edge.core.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+BUILTIN_MODEL = "builtin"
+DEFAULT_CONFIG_PATH = Path("/etc/rclstm-edge/config.toml")
+PASSWORD_ENV = "RCLSTM_MQTT_PASSWORD"
+PASSWORD_CREDENTIAL = "mqtt-password"
+KEY_CREDENTIAL = "mqtt-key"
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+RuntimeName = Literal["auto", "ai-edge-litert", "tflite-runtime"]
+
+
+def parse_source(source: str | int) -> str | int:
+    """A camera source as given on a command line or in a file: all digits is a V4L2 device index."""
+    return int(source) if isinstance(source, str) and source.isdigit() else source
+
+
+class ConfigError(UsageError):
+    """Invalid settings; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Section):
+    bundle: str = BUILTIN_MODEL
+    num_threads: int = Field(1, ge=1, le=16)
+    runtime: RuntimeName = "auto"
+
+
+class DecisionConfig(_Section):
+    """When a run of anomalous windows becomes an incident, and when it ends.
+
+    ``hop`` is how many newly sampled frames pass between two classifications; with the shipped
+    model's 20-frame window a hop of 4 keeps an alert at most a fifth of a window behind.
+
+    The defaults were chosen by replaying the shipped model over an 84 s stream of real CCTV clips
+    (three 8 s fight segments spliced into normal footage; `python -m bench --only latency` builds
+    it) and sweeping threshold x start_windows x end_windows x cooldown_s x hop (324 settings):
+    0.7 / 3 / 5 / 5 s / 4 found all three fights 1.8, 0.6 and 3.1 s after they began with the fewest
+    false starts (2; with ``scene_cut`` one of them, at a cut between spliced clips, went away, and
+    the other is the model scoring a normal clip high); 0.5 with 2 windows alerted
+    faster but raised more false starts and, with a long end, swallowed a fight into an earlier
+    false incident; a 10 s cooldown delayed or missed fights that followed an incident. A camera's
+    own false-alarm rate is what `rclstm-edge calibrate` tunes the threshold for.
+
+    ``scene_cut`` is the share of the picture that must change between two sampled frames for the
+    change to count as a cut (lights switched, a day/night switch, the camera moved), not as
+    movement: the difference image across it, a bright full frame the model never saw in training,
+    is replaced by "no movement", as for the first frame of a stream, and the window goes on. 1.0
+    turns it off. See ``edge.preprocess.changed_fraction`` for the measurements behind 0.6.
+    """
+
+    threshold: float = Field(0.7, ge=0.0, le=1.0)
+    start_windows: int = Field(3, ge=1, le=1000)
+    end_windows: int = Field(5, ge=1, le=1000)
+    cooldown_s: float = Field(5.0, ge=0.0, le=86400.0)
+    update_interval_s: float = Field(5.0, gt=0.0, le=86400.0)
+    hop: int = Field(4, ge=1, le=256)
+    scene_cut: float = Field(0.6, gt=0.0, le=1.0)
+
+
+def _optional(field: FieldInfo) -> tuple[Any, FieldInfo]:
+    """The same field and bounds with no value meaning "not set"."""
+    return field.annotation | None, FieldInfo.merge_field_infos(field, default=None)
+
+
+# Generated from DecisionConfig so a camera's overrides have the same keys and bounds by definition.
+DecisionOverrides = create_model(
+    "DecisionOverrides",
+    __base__=_Section,
+    __doc__="Per-camera changes to the device-wide decision settings; unset keys inherit them.",
+    **{name: _optional(field) for name, field in DecisionConfig.model_fields.items()},  # type: ignore[call-overload]
+)
+
+
+SourceKind = Literal["auto", "v4l2", "rtsp", "mjpeg", "file"]
+
+
+class CameraConfig(_Section):
+    id: str = Field(pattern=ID_PATTERN)
+    source: str | int
+    kind: SourceKind = "auto"
+    open_timeout_s: float = Field(10.0, gt=0, le=300)
+    read_timeout_s: float = Field(5.0, gt=0, le=300)
+    stall_timeout_s: float = Field(15.0, gt=0, le=3600)
+    realtime: bool = True
+    loop: bool = False
+    decision: DecisionOverrides = Field(default_factory=DecisionOverrides)  # type: ignore[valid-type]
+
+    @field_validator("source")
+    @classmethod
+    def _source_not_blank(cls, value: str | int) -> str | int:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must be a device index, /dev path, rtsp:// or http:// URL, or a video file")
+        if isinstance(value, int) and value < 0:
+            raise ValueError("a device index must be 0 or more")
+        return value
+
+    def resolved_kind(self) -> Literal["v4l2", "rtsp", "mjpeg", "file"]:
+        """The source kind, guessed from the source when ``kind`` is ``auto``."""
+        if self.kind != "auto":
+            return self.kind
+        if isinstance(parse_source(self.source), int) or str(self.source).startswith("/dev/"):
+            return "v4l2"
+        scheme = urlsplit(str(self.source)).scheme.lower()
+        if scheme in ("rtsp", "rtsps"):
+            return "rtsp"
+        if scheme in ("http", "https"):
+            return "mjpeg"
+        return "file"
+
+
+class MqttConfig(_Section):
+    url: str | None = None
+    prefix: str = Field("rclstm", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    protocol: Literal["5", "3.1.1"] = "5"
+    client_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    tls_insecure: bool = False
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    stats_interval_s: float = Field(60.0, ge=1.0, le=86400.0)
+    snapshots: bool = False
+    snapshot_max_bytes: int = Field(100_000, ge=1000, le=5_000_000)
+    # Home Assistant MQTT discovery (opt-in): per camera an anomaly binary_sensor and a score sensor.
+    homeassistant: bool = False
+    discovery_prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError("must look like mqtt://host:1883 or mqtts://host:8883")
+        try:
+            parts.port  # noqa: B018 - raises on a non-numeric port
+        except ValueError:
+            raise ValueError("has a port that is not a number") from None
+        return value
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url or "").hostname or ""
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url or "")
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url or "").scheme == "mqtts"
+
+
+class OutboxConfig(_Section):
+    max_rows: int = Field(10_000, ge=1, le=10_000_000)
+    max_bytes: int = Field(50_000_000, ge=1_000, le=10_000_000_000)
+    flush_timeout_s: float = Field(10.0, ge=0.0, le=600.0)
+
+
+class Config(_Section):
+    device_id: str = Field(default_factory=lambda: _default_device_id(), pattern=ID_PATTERN)
+    site: str = Field("default", min_length=1, max_length=100)
+    state_dir: Path = Path("/var/lib/rclstm-edge")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    decision: DecisionConfig = Field(default_factory=DecisionConfig)
+    cameras: list[CameraConfig] = Field(default_factory=lambda: [CameraConfig(id="cam0", source=0)], min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_cameras(self) -> Config:
+        ids = [c.id for c in self.cameras]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"camera ids must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+    def decision_for(self, camera: CameraConfig) -> DecisionConfig:
+        """The device-wide decision settings with the camera's overrides applied."""
+        changes = camera.decision.model_dump(exclude_none=True)
+        return self.decision.model_copy(update=changes)
+
+
+def _default_device_id() -> str:
+    name = "".join(ch if ch.isalnum() or ch in "_.-" else "-" for ch in socket.gethostname())[:64]
+    return name.strip("-._") or "device"
+
+
+def key_path(loc: tuple[int | str, ...]) -> str:
+    """A validation error's location as ``a.b.0.c``; repr() for keys with line breaks or control
+    characters (fuzzed files have them), so each problem stays on one line."""
+    return ".".join(str(p) if str(p).isprintable() else repr(p) for p in loc)
+
+
+def format_errors(exc: ValidationError) -> list[str]:
+    """One line per problem: key path, the offending value and what is allowed."""
+    lines = []
+    for err in exc.errors():
+        loc = key_path(err["loc"]) or "(top level)"
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" = {value!r}"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{loc}{shown}: unknown key; remove it or check its spelling")
+        elif err["type"] == "missing":
+            lines.append(f"{loc}: required key is missing")
+        else:
+            lines.append(f"{loc}{shown}: {err['msg']}")
+    return lines
+
+
+def load_config(path: Path | None) -> Config:
+    """Read the TOML file (if any) and validate it once."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot read the config file ({exc.strerror})"]) from None
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError([f"{path}: not UTF-8 text; save the config file as UTF-8"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
+    return validate_config(data)
+
+
+def override(config: Config, changes: dict[str, Any]) -> Config:
+    """The settings with ``changes`` (dotted keys to values, e.g. command-line flags) applied, validated
+    again as a whole so a change is checked against the rest of the file."""
+    data: dict[str, Any] = config.model_dump(exclude_unset=True)
+    for dotted, value in changes.items():
+        _set_dotted(data, dotted, value)
+    return validate_config(data)
+
+
+def validate_config(data: dict[str, Any]) -> Config:
+    """Validate parsed settings, turning pydantic's report into one line per problem."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc)) from None
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[keys[-1]] = value
+
+
+def resolve_password(mqtt: MqttConfig) -> str | None:
+    """The MQTT password from, in order: environment, systemd credential, password_file, the config."""
+    if os.environ.get(PASSWORD_ENV):
+        return os.environ[PASSWORD_ENV]
+    credential = credential_path(PASSWORD_CREDENTIAL)
+    if credential is not None:
+        return credential.read_text(encoding="utf-8").strip()
+    if mqtt.password_file is not None:
+        try:
+            return mqtt.password_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            problem = f"mqtt.password_file = '{mqtt.password_file}': cannot read it ({exc.strerror})"
+            raise ConfigError([problem]) from None
+    return mqtt.password
+
+
+def resolve_key_file(mqtt: MqttConfig) -> Path | None:
+    """The TLS client key: a systemd credential wins over the configured path."""
+    return credential_path(KEY_CREDENTIAL) or mqtt.key_file
+
+
+def credential_path(name: str) -> Path | None:
+    """A non-empty systemd credential file, or None.
+
+    The unit always loads both credentials (systemd refuses to start a unit whose credential
+    source is missing), so the installer writes an empty file for a secret that is not used;
+    empty therefore means "not configured".
+    """
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return None
+    path = Path(directory) / name
+    return path if path.is_file() and path.stat().st_size > 0 else None
+
+
+def secret_exposure_warning(path: Path | None, mqtt: MqttConfig) -> str | None:
+    """A warning when the config file holds a password and other users can read it."""
+    if path is None or not mqtt.password:
+        return None
+    mode = Path(path).stat().st_mode
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        return (
+            f"{path} holds mqtt.password and is readable by other users; "
+            f"chmod 600 it, or move the password to ${PASSWORD_ENV} or a systemd credential"
+        )
+    return None

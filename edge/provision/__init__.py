@@ -1,0 +1,1 @@
+"""Layer 3: setting a device up (install, uninstall) and checking it (check)."""

@@ -1,0 +1,118 @@
+"""``rclstm-edge check``: what an installer runs before walking away.
+
+Each item prints one PASS/FAIL line with its reason, and every item runs even after a failure, so
+one run shows everything that needs fixing. The model is classified on a window built from a
+frame the first camera really delivered, through the same preprocessing as the daemon.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge.core.config import Config, ConfigError, load_config, resolve_password, secret_exposure_warning
+from edge.core.errors import EXIT_FAIL, EXIT_OK, EXIT_USAGE
+
+
+def _line(ok: bool, item: str, reason: str) -> bool:
+    print(f"{'PASS' if ok else 'FAIL'} {item}: {reason}", flush=True)
+    return ok
+
+
+def run_checks(path: Path) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            _line(False, "config", problem)
+        return EXIT_USAGE
+    results = [_line(True, "config", f"{path} is valid ({len(config.cameras)} camera(s))")]
+    warning = secret_exposure_warning(path, config.mqtt)
+    if warning:
+        print(f"WARN config: {warning}", flush=True)
+    from edge.adapters.sources import set_v4l2_select_timeout
+
+    set_v4l2_select_timeout(config.cameras)
+    frame = None
+    for camera in config.cameras:
+        ok, reason, image = _check_camera(camera)
+        results.append(_line(ok, f"camera {camera.id}", reason))
+        frame = image if frame is None else frame
+    results.append(_line(*_check_model(config, frame)))
+    results.append(_line(*_check_broker(config)))
+    results.append(_line(*_check_state_dir(config)))
+    return EXIT_OK if all(results) else EXIT_FAIL
+
+
+def _check_camera(camera) -> tuple[bool, str, np.ndarray | None]:  # type: ignore[no-untyped-def]
+    from edge.adapters.sources import SourceError, read_one
+
+    try:
+        frame = read_one(camera, camera.open_timeout_s)
+    except SourceError as exc:
+        return False, str(exc), None
+    h, w = frame.image.shape[:2]
+    return True, f"read a {w}x{h} frame from {camera.source}", frame.image
+
+
+def _check_model(config: Config, frame: np.ndarray | None) -> tuple[bool, str, str]:
+    from edge.adapters.runtime import BundleModel, RuntimeMissing
+    from edge.bundle import BundleError
+    from edge.preprocess import prepare_frame, window_inputs
+
+    item = "model"
+    try:
+        model = BundleModel.configured(config.model)
+    except (BundleError, RuntimeMissing) as exc:
+        return False, item, str(exc)
+    spec = model.manifest.input
+    image = frame if frame is not None else np.zeros((spec.height, spec.width, 3), np.uint8)
+    prepared = prepare_frame(image, spec.height, spec.width)
+    window = window_inputs([prepared] * (spec.frames + 1), spec.representation)
+    began = time.perf_counter()
+    probs = model.predict_window(window)
+    elapsed_ms = (time.perf_counter() - began) * 1000
+    if probs.shape != (len(model.manifest.labels),) or not np.all(np.isfinite(probs)):
+        return False, item, f"classifying one window gave {probs!r}; the bundle is broken, convert it again"
+    source = "a camera frame" if frame is not None else "a blank frame (no camera delivered one)"
+    top = model.manifest.labels[int(np.argmax(probs))]
+    return True, item, (f"{model.manifest.name} {model.manifest.version} on {model.runtime.name} "
+                        f"{model.runtime.version} classified one window of {source} in {elapsed_ms:.0f} ms "
+                        f"(top label {top})")
+
+
+def _check_broker(config: Config) -> tuple[bool, str, str]:
+    from edge.adapters.mqtt import check_broker
+
+    item = "broker"
+    if config.mqtt.url is None:
+        return True, item, "not configured: events go to stdout as JSON lines"
+    try:
+        password = resolve_password(config.mqtt)
+        ok, reason = check_broker(config.mqtt, config.device_id, password)
+    except ConfigError as exc:
+        return False, item, "; ".join(exc.problems)
+    return ok, item, reason
+
+
+def _check_state_dir(config: Config) -> tuple[bool, str, str]:
+    from edge.adapters.outbox import OUTBOX_NAME, Outbox, usable_state_dir
+
+    item = "state_dir"
+    if config.mqtt.url is None:
+        return True, item, "not needed without a broker"
+    try:
+        directory = usable_state_dir(config.state_dir)
+        box = Outbox(directory / OUTBOX_NAME, config.outbox.max_rows, config.outbox.max_bytes)
+    except OSError as exc:
+        return False, item, str(exc)
+    depth = box.depth()
+    box.close()
+    return True, item, f"outbox {directory / OUTBOX_NAME} opens ({depth} message(s) waiting)"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run_checks(Path(sys.argv[1])))

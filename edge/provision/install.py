@@ -1,0 +1,264 @@
+"""Provisioning: `rclstm-edge install` / `uninstall` for installers setting up a store camera device.
+
+One command creates the service user, the directories, a virtual environment under /opt, the
+config file, root-only credential files and the systemd unit, then runs `check`. It is idempotent:
+every file is written only when its content or mode differs, so a second run with the same flags
+changes nothing and a run with one flag changed changes one file. ``--root DIR`` installs into a
+directory tree instead of the live system (no user, no systemctl), which is how the tests run it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from edge.core.config import ConfigError, parse_source, tomllib, validate_config
+from edge.core.errors import UsageError
+
+USER = "rclstm-edge"
+UNIT_NAME = "rclstm-edge.service"
+ETC = Path("etc/rclstm-edge")
+CREDENTIALS = ETC / "credentials"
+STATE = Path("var/lib/rclstm-edge")
+OPT = Path("opt/rclstm-edge")
+UNIT_PATH = Path("etc/systemd/system") / UNIT_NAME
+CREDENTIAL_NAMES = ("mqtt-password", "mqtt-key")
+
+
+class InstallError(UsageError):
+    """A provisioning step that cannot proceed; one line naming what and how to fix it."""
+
+
+@dataclass
+class InstallOptions:
+    device_id: str
+    site: str
+    cameras: list[str]
+    broker: str | None = None
+    username: str | None = None
+    password: str | None = None
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    model: str = "builtin"
+    root: Path = Path("/")
+    package: str | None = None
+    runtime: str = "litert"
+    create_venv: bool = True
+
+
+@dataclass
+class Report:
+    """What a run changed, so a second identical run can be seen to change nothing."""
+
+    changed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def record(self, path: Path, changed: bool) -> None:
+        (self.changed if changed else self.unchanged).append(str(path))
+
+
+def parse_camera(spec: str, index: int) -> dict[str, str | int]:
+    """``ID=SOURCE`` or just ``SOURCE`` (then named cam0, cam1, ...)."""
+    camera_id, sep, source = spec.partition("=")
+    if not sep or "://" in camera_id or camera_id.startswith("/"):
+        camera_id, source = f"cam{index}", spec
+    value = parse_source(source)
+    return {"id": camera_id, "source": value}
+
+
+def render_config(opts: InstallOptions) -> str:
+    """The config file the flags describe. Secrets never go in it; they are credential files."""
+    lines = [
+        "# Written by `rclstm-edge install`; edit and run `rclstm-edge check --config` after changes.",
+        "# Secrets are not here: they are systemd credentials under /etc/rclstm-edge/credentials.",
+        f"device_id = {_toml(opts.device_id)}",
+        f"site = {_toml(opts.site)}",
+        'state_dir = "/var/lib/rclstm-edge"',
+        "",
+        "[model]",
+        f"bundle = {_toml(opts.model)}",
+        "",
+        "[mqtt]",
+    ]
+    if opts.broker:
+        lines.append(f"url = {_toml(opts.broker)}")
+    if opts.username:
+        lines.append(f"username = {_toml(opts.username)}")
+    if opts.ca:
+        lines.append(f"ca_file = {_toml('/' + str(ETC / 'ca.crt'))}")
+    if opts.cert:
+        lines.append(f"cert_file = {_toml('/' + str(ETC / 'client.crt'))}")
+    for index, spec in enumerate(opts.cameras):
+        camera = parse_camera(spec, index)
+        lines += ["", "[[cameras]]", f"id = {_toml(camera['id'])}", f"source = {_toml(camera['source'])}"]
+    return "\n".join(lines) + "\n"
+
+
+def _toml(value: str | int) -> str:
+    # A JSON string literal is a valid TOML basic string; integers are the same in both.
+    return json.dumps(value)
+
+
+def _write(path: Path, content: bytes, mode: int, report: Report) -> None:
+    """Write only when content or mode differs, so re-running changes nothing that did not change."""
+    same = path.is_file() and path.read_bytes() == content and (path.stat().st_mode & 0o7777) == mode
+    if not same:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(content)
+        tmp.chmod(mode)
+        os.replace(tmp, path)
+    report.record(path, not same)
+
+
+def _mkdir(path: Path, mode: int, report: Report) -> None:
+    existed = path.is_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    changed = not existed or (path.stat().st_mode & 0o7777) != mode
+    path.chmod(mode)
+    report.record(path, changed)
+
+
+def unit_text() -> bytes:
+    return resources.files("edge.provision").joinpath("unit", UNIT_NAME).read_bytes()
+
+
+def _live(root: Path) -> bool:
+    """Whether this run changes the running system (users, systemctl) rather than a --root tree."""
+    return root.resolve() == Path("/")
+
+
+def validate(opts: InstallOptions) -> None:
+    """Refuse bad flags before anything is written, with the same messages `check` would give."""
+    if _live(opts.root) and os.geteuid() != 0:
+        raise InstallError("install must run as root (sudo), or use --root DIR to install into a directory tree")
+    if not opts.cameras:
+        raise InstallError("--camera is required at least once (ID=rtsp://... or a /dev/video path)")
+    for flag, path in (("--ca", opts.ca), ("--cert", opts.cert), ("--key", opts.key)):
+        if path is not None and not path.is_file():
+            raise InstallError(f"{flag} {path}: no such file")
+    try:
+        validate_config(tomllib.loads(render_config(opts)))
+    except ConfigError as exc:
+        raise InstallError("; ".join(exc.problems)) from None
+
+
+def install(opts: InstallOptions) -> Report:
+    validate(opts)
+    report = Report()
+    root = opts.root
+    live = _live(opts.root)
+    if live:
+        _ensure_user(report)
+    _mkdir(root / ETC, 0o755, report)
+    _mkdir(root / CREDENTIALS, 0o700, report)
+    _mkdir(root / STATE, 0o700, report)
+    _mkdir(root / OPT, 0o755, report)
+    _write(root / ETC / "config.toml", render_config(opts).encode(), 0o644, report)
+    secrets = {"mqtt-password": (opts.password or "").encode(), "mqtt-key": opts.key.read_bytes() if opts.key else b""}
+    for name in CREDENTIAL_NAMES:
+        _write(root / CREDENTIALS / name, secrets[name], 0o600, report)
+    if opts.ca:
+        _write(root / ETC / "ca.crt", opts.ca.read_bytes(), 0o644, report)
+    if opts.cert:
+        _write(root / ETC / "client.crt", opts.cert.read_bytes(), 0o644, report)
+    _write(root / UNIT_PATH, unit_text(), 0o644, report)
+    if opts.create_venv:
+        _ensure_venv(root / OPT / "venv", opts, report)
+    if live:
+        shutil.chown(root / STATE, USER, USER)
+        _systemctl(report, "daemon-reload")
+        _systemctl(report, "enable", "--now", UNIT_NAME)
+    else:
+        report.notes.append("--root: user, ownership and systemctl skipped")
+    return report
+
+
+def _ensure_user(report: Report) -> None:
+    if subprocess.run(["id", "-u", USER], capture_output=True).returncode == 0:
+        report.unchanged.append(f"user {USER}")
+        return
+    subprocess.run(
+        [
+            "useradd",
+            "--system",
+            "--no-create-home",
+            "--home-dir",
+            "/var/lib/rclstm-edge",
+            "--shell",
+            "/usr/sbin/nologin",
+            "--user-group",
+            "--groups",
+            "video",
+            USER,
+        ],
+        check=True,
+    )
+    report.changed.append(f"user {USER}")
+
+
+def _ensure_venv(venv: Path, opts: InstallOptions, report: Report) -> None:
+    """Create the venv and install this version of the package (with the chosen runtime) into it."""
+    from edge import __version__
+
+    python = venv / "bin" / "python"
+    if python.exists():
+        version = "import edge; print(edge.__version__)"
+        probe = subprocess.run([str(python), "-c", version], capture_output=True, text=True)
+        if probe.returncode == 0 and probe.stdout.strip() == __version__:
+            report.unchanged.append(str(venv))
+            return
+    else:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    if opts.package and Path(opts.package).is_dir():
+        spec = f"{Path(opts.package).resolve()}[{opts.runtime}]"
+    else:
+        spec = opts.package or f"rclstm-edge[{opts.runtime}]=={__version__}"
+    result = subprocess.run([str(python), "-m", "pip", "install", "-q", spec], capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
+        raise InstallError(f"pip could not install {spec} into {venv}: {last}")
+    report.changed.append(str(venv))
+
+
+def _systemctl(report: Report, *args: str) -> None:
+    if not Path("/run/systemd/system").is_dir():
+        report.notes.append(f"systemd is not running: skipped systemctl {' '.join(args)}")
+        return
+    subprocess.run(["systemctl", *args], check=True)
+
+
+def uninstall(root: Path = Path("/"), purge: bool = False) -> Report:
+    """Remove the unit and the venv; keep config, credentials and the outbox unless ``purge``."""
+    report = Report()
+    live = _live(root)
+    if live and os.geteuid() != 0:
+        raise InstallError("uninstall must run as root (sudo), or use --root DIR")
+    if live:
+        _systemctl(report, "disable", "--now", UNIT_NAME)
+    targets = [root / UNIT_PATH, root / OPT]
+    if purge:
+        targets += [root / ETC, root / STATE]
+    else:
+        report.notes.append(f"kept {root / ETC} and {root / STATE} (use --purge to remove them)")
+    for target in targets:
+        if target.is_dir():
+            shutil.rmtree(target)
+            report.changed.append(str(target))
+        elif target.exists():
+            target.unlink()
+            report.changed.append(str(target))
+    if live:
+        _systemctl(report, "daemon-reload")
+        if purge and subprocess.run(["id", "-u", USER], capture_output=True).returncode == 0:
+            subprocess.run(["userdel", USER], check=True)
+            report.changed.append(f"user {USER}")
+    return report

@@ -1,0 +1,139 @@
+"""One camera's processing chain: frames in, outputs out (sampler -> classifier -> decider -> events).
+
+It holds no threads, sockets, clocks or sinks of its own: each call returns what it produced, so the
+daemon's camera worker runs one per camera on live frames and ``replay`` runs the same object over
+a file, and both produce the same events for the same frames.
+
+A source gap (the camera was lost and reopened) closes any open incident at the last frame seen
+before the gap: frames either side of a gap do not form one window, nothing is known about the
+scene while the camera was away, and an incident left open across an outage of unknown length
+would have no honest end time. The camera's offline status tells the backend about the gap itself.
+
+The pipeline, not the decision, keeps the frame of the open incident's peak window: the decision
+works on scores, and an incident's end carries that frame to the sink for an optional snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edge.core.config import CameraConfig, DecisionConfig
+from edge.core.messages import ChainStats, EndReason
+from edge.core.values import Frame, OfflineReason, Output, Prediction, Transition
+from edge.stages.classifier import StreamClassifier
+from edge.stages.decision import Decider
+from edge.stages.events import build_event
+from edge.stages.sampler import Sampler
+
+if TYPE_CHECKING:
+    from edge.adapters.runtime import BundleModel
+
+# Sees every classified window after the decision took it in (replay and calibration need the scores
+# between transitions too, and the decider's state that window left behind).
+WindowHook = Callable[[Prediction], None]
+
+log = logging.getLogger(__name__)
+
+
+class CameraPipeline:
+    def __init__(
+        self,
+        camera: CameraConfig,
+        decision: DecisionConfig,
+        model: BundleModel,
+        device_id: str,
+        site: str,
+        on_window: WindowHook | None = None,
+    ) -> None:
+        self.camera = camera
+        self.model = model
+        self.device_id = device_id
+        self.site = site
+        self.on_window = on_window
+        self.sampler = Sampler(model.manifest.sampling.frame_interval_s)
+        self.classifier = StreamClassifier(model, decision.hop, decision.scene_cut)
+        self.decider = Decider(decision)
+        self.frames_in = 0
+        self.events = 0
+        self.score: float | None = None  # the newest window's anomaly score, for stats and dashboards
+        self._last: Frame | None = None
+        # An incident starts on its start_windows-th window but its peak may be any of them.
+        self._recent: deque[tuple[float, np.ndarray]] = deque(maxlen=decision.start_windows)
+        self._peak: tuple[float, np.ndarray] | None = None
+
+    def process(self, frame: Frame) -> list[Output]:
+        """Feed one captured frame; returns the outputs it completes (usually none)."""
+        self.frames_in += 1
+        self._last = frame
+        sampled = self.sampler.offer(frame)
+        if sampled is None:
+            return []
+        prediction = self.classifier.push(sampled)
+        if prediction is None:
+            return []
+        if self.classifier.classified == 1:  # start-up is measured to here (bench/memory_startup.py)
+            log.info("first window", extra={"fields": {"camera": self.camera.id, "ts": round(frame.ts, 3)}})
+        self.score = prediction.anomaly_score
+        self._recent.append((prediction.ts, sampled.image))
+        outputs = self._outputs(self.decider.update(prediction))
+        self._keep_peak()
+        if self.on_window is not None:
+            self.on_window(prediction)
+        return outputs
+
+    def gap(self, reason: OfflineReason) -> list[Output]:
+        """The source went offline: close an open incident at the last frame and start the window
+        afresh. A file that ended or a stop is a stop, a loss is a loss."""
+        outputs = self._close("stopped" if reason.orderly else "camera_lost")
+        self.sampler.reset()
+        self.classifier.reset()
+        self._recent.clear()
+        return outputs
+
+    def finish(self) -> list[Output]:
+        """End of stream or shutdown: close an open incident at the last frame seen."""
+        return self._close("stopped")
+
+    def stats(self) -> ChainStats:
+        classifier = self.classifier
+        return ChainStats(
+            frames_in=self.frames_in,
+            frames_sampled=classifier.sampled,
+            bad_frames=classifier.bad_frames,
+            windows=classifier.classified,
+            scene_cuts=classifier.scene_cuts,
+            inference_ms=round(classifier.inference_ms_mean, 2),
+            inference_ms_last=round(classifier.inference_ms_last, 2),
+            score=None if self.score is None else round(self.score, 4),
+            incidents=self.decider.incidents,
+            incident_open=self.decider.open,
+            events=self.events,
+        )
+
+    def _keep_peak(self) -> None:
+        peak_ts = self.decider.peak_ts
+        if peak_ts is None:
+            self._peak = None
+        elif self._peak is None or self._peak[0] != peak_ts:
+            self._peak = next(kept for kept in self._recent if kept[0] == peak_ts)
+
+    def _close(self, reason: EndReason) -> list[Output]:
+        if self._last is None:
+            return []
+        outputs = self._outputs(self.decider.close(self._last.wall, self._last.ts, reason))
+        self._keep_peak()
+        return outputs
+
+    def _outputs(self, transitions: list[Transition]) -> list[Output]:
+        outputs = []
+        for transition in transitions:
+            event = build_event(transition, self.device_id, self.site, self.camera.id, self.model.manifest)
+            peak = self._peak[1] if transition.kind == "end" and self._peak is not None else None
+            outputs.append(Output(event, transition, peak))
+        self.events += len(outputs)
+        return outputs

@@ -1,0 +1,81 @@
+"""Pick frames by timestamp so a live window spans the time a training window did.
+
+Training spread ``frames + 1`` frames evenly over each clip, ``frame_interval_s`` apart. A camera
+delivers frames at its own, possibly variable, rate; counting frames ("every 6th") would stretch or
+squeeze a window whenever the rate differs from what was assumed. Instead the sampler lays a fixed
+grid of target times (anchor + k * interval) over the stream and, for each target, takes the frame
+whose timestamp is nearest to it. The grid never moves, so small choices either side of a target
+do not accumulate into drift, and the average spacing is the interval whatever the camera's rate.
+
+Deciding which frame is nearest needs the first frame *after* the target, so a frame chosen from
+before the target is returned one frame late (the timestamp it carries is its own, so nothing
+downstream is shifted). When a camera is slower than the interval every frame is taken, once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from edge.core.values import Frame
+
+log = logging.getLogger(__name__)
+
+# Tolerance for "this timestamp is on a grid point" so float rounding never skips a target.
+_EPS = 1e-9
+
+
+class Sampler:
+    """Online nearest-to-target frame picker; one instance per camera stream."""
+
+    def __init__(self, interval_s: float) -> None:
+        if not interval_s > 0:
+            raise ValueError(f"sampling interval must be positive, got {interval_s}")
+        self.interval_s = float(interval_s)
+        self.out_of_order = 0  # frames whose timestamp did not advance; ignored
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the grid after a source gap: the next frame anchors a new one."""
+        self._anchor: float | None = None
+        self._target = 0.0
+        self._last_ts: float | None = None
+        self._below: Frame | None = None  # latest frame before the current target, not yet taken
+        self._ready: Frame | None = None  # decided but not yet returned (at most one)
+
+    def offer(self, frame: Frame) -> Frame | None:
+        """Offer the next frame of the stream; returns a sampled frame (this one or an earlier one) or None."""
+        if self._last_ts is not None and frame.ts <= self._last_ts:
+            self.out_of_order += 1
+            level = logging.WARNING if self.out_of_order == 1 else logging.DEBUG
+            log.log(level, "ignoring a frame at %.3fs that does not follow %.3fs (%d so far)", frame.ts, self._last_ts,
+                    self.out_of_order)
+            return None
+        self._last_ts = frame.ts
+        if self._anchor is None:
+            self._anchor = frame.ts
+            self._target = frame.ts
+        decided: list[Frame] = [self._ready] if self._ready is not None else []
+        self._ready = None
+        if frame.ts < self._target - _EPS:
+            self._below = frame
+        else:
+            below, self._below = self._below, None
+            if below is not None and self._target - below.ts <= frame.ts - self._target:
+                decided.append(below)
+                self._advance_past(below.ts)
+            if frame.ts >= self._target - _EPS:
+                decided.append(frame)
+                self._advance_past(frame.ts)
+            else:
+                self._below = frame
+        # A frame can settle at most one extra target, so at most one waits for the next call.
+        if len(decided) > 1:
+            self._ready = decided[1]
+        return decided[0] if decided else None
+
+    def _advance_past(self, ts: float) -> None:
+        """Move the target to the first grid point after ``ts`` (targets a taken frame already served are skipped)."""
+        assert self._anchor is not None
+        steps = math.floor((ts - self._anchor) / self.interval_s + _EPS) + 1
+        self._target = max(self._target + self.interval_s, self._anchor + steps * self.interval_s)
