@@ -107,8 +107,18 @@ def changed_fraction(current: np.ndarray, previous: np.ndarray) -> float:
     or a camera that was moved changes nearly all of it at once (measured on fight-surv: at most 0.57
     between sampled frames inside any of the 300 clips, fights included; 0.63 or more at 99 % of the
     cuts between two clips).
+
+    The channel maximum is taken with ``np.maximum`` over channel slices: the same values as
+    ``.max(axis=-1)``, which reduces over a 3-long innermost axis about 8x slower (140 us a frame at
+    64x64, measured in issue 14), and this runs on every sampled frame of every camera.
     """
-    return float(np.mean(np.abs(current - previous).max(axis=-1) > SCENE_PIXEL_DELTA))
+    delta = np.abs(current - previous)
+    if delta.ndim == 2:
+        return float(np.mean(delta > SCENE_PIXEL_DELTA))
+    strongest = delta[..., 0]
+    for channel in range(1, delta.shape[-1]):
+        strongest = np.maximum(strongest, delta[..., channel])
+    return float(np.mean(strongest > SCENE_PIXEL_DELTA))
 
 
 def spread_indices(n_frames: int, count: int) -> np.ndarray:
