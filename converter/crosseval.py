@@ -253,7 +253,9 @@ def plot(results: dict[str, Any], path: Path) -> Path:
         ax.set_xticks(range(len(columns)), [f"{s}\n({p})" for p, s in columns])
         ax.set_ylim(0, 1.3)
         ax.axhline(0.5, color="grey", linewidth=0.5, linestyle=":")
-        ax.set_title(f"{level} level, {len(results['seeds'])} seed(s) pooled, 95 % group-bootstrap intervals")
+        seeds = {seed for r in rows if r["level"] == level for seed in r["seeds"]}
+        partial = "" if results.get("complete", True) else " (run still going)"
+        ax.set_title(f"{level} level, {len(seeds)} seed(s) pooled, 95 % group-bootstrap intervals{partial}")
         ax.legend(fontsize="small", ncol=len(METRICS), loc="upper center")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
