@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from edge.bundle import DeviceBudget
 
 MAX_MAC_PER_VIDEO_SECOND = 1.5e9
 # A Pi 4 runs MobileNet v1 1.0/224 (569 M MAC) in about 87 ms with XNNPACK on its CPU (TildAlice, "MobileNet
@@ -126,21 +128,7 @@ def time_bundle(bundle: Path, python: str, runtime: str, repeats: int = _REPEATS
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@dataclass(frozen=True)
-class Budget:
-    mac_per_frame: int
-    mac_per_window: int
-    mac_per_video_second: float
-    within_budget: bool
-    x86_ms_per_frame: dict[str, float]  # runtime name -> ms of model time per sampled frame
-    pi4_ms_per_frame_estimate: float
-    pi4_core_share_estimate: float  # share of one Pi 4 core this model needs per camera
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def budget(macs: Macs, timings: list[dict[str, Any]], interval_s: float, hop: int) -> Budget:
+def budget(macs: Macs, timings: list[dict[str, Any]], interval_s: float, hop: int) -> DeviceBudget:
     """Fold MACs and measured timings into the per-frame figures a device is sized by.
 
     "Per frame" is per sampled frame with the classify cost spread over the ``hop`` frames between
@@ -149,21 +137,23 @@ def budget(macs: Macs, timings: list[dict[str, Any]], interval_s: float, hop: in
     per_frame_mac = (macs.encode if macs.streaming else 0) + macs.classify / hop
     x86 = {t["runtime"]: (t["encode_ms"] if macs.streaming else 0.0) + t["classify_ms"] / hop for t in timings}
     pi4_ms = max(per_frame_mac / PI4_MAC_PER_S * 1000.0, max(x86.values(), default=0.0) * PI4_VS_X86)
-    per_second = macs.per_video_second(interval_s, hop)
-    return Budget(
+    return DeviceBudget(
         mac_per_frame=round(per_frame_mac),
         mac_per_window=macs.classify,
-        mac_per_video_second=per_second,
-        within_budget=per_second <= MAX_MAC_PER_VIDEO_SECOND,
+        mac_per_video_second=macs.per_video_second(interval_s, hop),
         x86_ms_per_frame=x86,
         pi4_ms_per_frame_estimate=pi4_ms,
         pi4_core_share_estimate=pi4_ms / 1000.0 / interval_s,
     )
 
 
-def table(b: Budget) -> str:
+def within(b: DeviceBudget) -> bool:
+    return b.mac_per_video_second <= MAX_MAC_PER_VIDEO_SECOND
+
+
+def table(b: DeviceBudget) -> str:
     runtimes = ", ".join(f"{name} {ms:.3f} ms" for name, ms in sorted(b.x86_ms_per_frame.items()))
-    verdict = "within" if b.within_budget else "OVER"
+    verdict = "within" if within(b) else "OVER"
     return "\n".join([
         f"MACs per sampled frame     {b.mac_per_frame / 1e6:9.2f} M (classify spread over the hop)",
         f"MACs per window (classify) {b.mac_per_window / 1e6:9.2f} M",
@@ -175,10 +165,8 @@ def table(b: Budget) -> str:
     ])
 
 
-def measure(keras_path: Path, bundle: Path, pythons: list[tuple[str, str]], interval_s: float, hop: int) -> Budget:
+def measure(model: Any, bundle: Path, pythons: list[tuple[str, str]], interval_s: float, hop: int,
+            repeats: int = _REPEATS) -> DeviceBudget:
     """MACs from the Keras model and timings of its bundle in every (python, runtime) given."""
-    from converter.convert import load_model
-
-    macs = model_macs(load_model(keras_path))
-    timings = [time_bundle(bundle, python, runtime) for python, runtime in pythons]
-    return budget(macs, timings, interval_s, hop)
+    timings = [time_bundle(bundle, python, runtime, repeats) for python, runtime in pythons]
+    return budget(model_macs(model), timings, interval_s, hop)

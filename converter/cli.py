@@ -35,6 +35,13 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def _licence(text: str) -> tuple[str, str]:
+    name, sep, terms = text.partition("=")
+    if not sep or not name.strip() or not terms.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not SOURCE=TERMS, e.g. fs='MIT'")
+    return name.strip(), terms.strip()
+
+
 def _names(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
@@ -174,6 +181,12 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--every-split", action="store_true",
                          help="also convert every other split's model of the run (train --seeds/--folds) the "
                               "same way and record mean ± std for Keras and the bundle in the manifest")
+    convert.add_argument("--crosseval", type=Path, metavar="RESULTS_JSON",
+                         help="record a `crosseval` results.json (leave-one-source-out and in-source figures with "
+                              "intervals) in the manifest (default: none)")
+    convert.add_argument("--licence", type=_licence, action="append", default=[], metavar="SOURCE=TERMS",
+                         help="the terms a training source's clips are used under, for the manifest's data list "
+                              "(repeatable; default: 'not stated')")
     convert.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
 
     inspect = sub.add_parser("inspect", help="summarize a bundle: manifest, ops, runtimes, metrics")
@@ -227,7 +240,8 @@ def _run(args: argparse.Namespace) -> int:
         model=args.model, out=args.out, quantize=args.quantize, calibration=args.calibration, data=args.data,
         force=args.force, name=args.name, version=args.version, anomaly_classes=args.anomaly_classes,
         representation=args.representation, verify_python=args.verify_python, cache=args.cache,
-        whole_window=args.whole_window, every_split=args.every_split,
+        whole_window=args.whole_window, every_split=args.every_split, crosseval=args.crosseval,
+        licences=dict(args.licence),
     ))
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)

@@ -41,7 +41,7 @@ import numpy as np
 from converter import dataset as ds
 from converter.metrics import scores, summarize
 from converter.runs import RunRecord, find_run, held_out
-from converter.sampling import WindowSampling
+from converter.sampling import DEFAULT_HOP, WindowSampling
 from edge.adapters.runtime import BundleModel
 from edge.bundle import (
     MODEL_NAME,
@@ -51,7 +51,9 @@ from edge.bundle import (
     RuntimeCheck,
     Sampling,
     SignatureSpec,
+    SourceResult,
     TensorSpec,
+    TrainingData,
     sha256_file,
     write_manifest,
 )
@@ -70,6 +72,7 @@ TWIN_TOLERANCE = 1e-4
 PARITY_WINDOWS = 64  # held-out windows for the twin and cross-runtime checks
 SCORE_CHUNK = 64  # held-out clips scored at a time, so a large test split fits in memory
 CALIBRATION_WINDOWS = 48
+BUDGET_REPEATS = 50  # timed calls per signature and runtime: medians steady to a few percent, seconds in all
 # Ops kept float in int8 bundles (the LSTM / ConvLSTM gates and the classifier head).
 FLOAT_OPS_IN_INT8 = (
     "FULLY_CONNECTED", "TANH", "LOGISTIC", "MUL", "ADD", "SUB", "SOFTMAX", "SPLIT", "UNPACK", "PACK",
@@ -100,6 +103,8 @@ class ConvertOptions:
     whole_window: bool = False  # an RCLSTM as one "window" signature: the benchmarks' baseline, not for devices
     cache: Path | None = ds.DEFAULT_CACHE
     every_split: bool = False
+    crosseval: Path | None = None  # a `crosseval` results.json whose figures the manifest records
+    licences: dict[str, str] = field(default_factory=dict)  # source name -> the terms its clips are used under
     log: Any = field(default=lambda message: print(message, file=sys.stderr, flush=True))
 
 
@@ -309,6 +314,36 @@ def _training_record(run: RunRecord | None, split: int) -> dict[str, Any]:
     return flat
 
 
+def _training_data(run: RunRecord | None, licences: dict[str, str]) -> list[TrainingData]:
+    """The model card's data list: every source of the run, its usable clips and the terms given for it."""
+    if run is None:
+        if licences:
+            raise ConvertError("--licence needs a model from `rclstm-convert train` (its run.json names the sources)")
+        return []
+    names = [s.name for s in run.source_list()]
+    unknown = sorted(set(licences) - set(names))
+    if unknown:
+        raise ConvertError(f"--licence {', '.join(unknown)}: no such source in the run (sources: {', '.join(names)})")
+    out = []
+    for source in run.source_list():
+        listed, _, _ = ds.scan(source, run.options.get("classes"), run.class_map)
+        skipped = sum(entry.startswith(f"{source.name}/") for entry in run.skipped)
+        out.append(TrainingData(name=source.name, clips=len(listed) - skipped,
+                                licence=licences.get(source.name, "not stated")))
+    return out
+
+
+def _crosseval_rows(opts: ConvertOptions, notes: list[str]) -> list[SourceResult]:
+    if opts.crosseval is None:
+        return []
+    from converter.crosseval import manifest_rows
+
+    rows, complete = manifest_rows(opts.crosseval)
+    if not complete:
+        notes.append(f"{opts.crosseval}: the crosseval run had not finished; the manifest records what it measured")
+    return rows
+
+
 def _verify_python(opts: ConvertOptions) -> Path | None:
     if opts.verify_python:
         return Path(opts.verify_python)
@@ -362,7 +397,9 @@ def convert(opts: ConvertOptions) -> Report:
     picks = sorted(rng.permutation(len(data.clips))[:PARITY_WINDOWS])
     windows = np.stack([ds.eval_windows(data.clips[i], sampling, representation)[0] for i in picks])
     keras_all = ds.clip_probs(ds.keras_predictor(model), data.clips, sampling, representation, SCORE_CHUNK)
-    keras_probs = keras_all[picks]
+    # The twin and runtime checks compare single windows: with interval sampling a clip's probabilities
+    # are the mean of several windows, so they are not what one window gives.
+    keras_probs = ds.keras_predictor(model)(windows)
 
     twins = build_twins(model, arch, opts.whole_window)
     twin_diff = float(np.abs(twins.predict(windows) - keras_probs).max())
@@ -421,7 +458,7 @@ def convert(opts: ConvertOptions) -> Report:
         litert = BundleModel(bundle, runtime="ai-edge-litert")
         bundle_all = ds.clip_probs(lambda w: np.stack([litert.predict_window(x) for x in w]), data.clips, sampling,
                                    representation, SCORE_CHUNK)
-        bundle_probs = bundle_all[picks]
+        bundle_probs = np.stack([litert.predict_window(w) for w in windows])
         y_all = np.array([labels.index(item.clip.label) for item in data.clips])
         keras_result = scores(y_all, keras_all.argmax(1), labels, anomaly)
         bundle_result = scores(y_all, bundle_all.argmax(1), labels, anomaly)
@@ -480,7 +517,16 @@ def convert(opts: ConvertOptions) -> Report:
             summary = json.loads(summary_path.read_text())["summary"]
             if view in summary:
                 metrics["keras_runs"] = _summary_metrics(summary, view)
-        manifest = manifest.model_copy(update={"verified_runtimes": checks, "metrics": metrics})
+        from converter.budget import measure, table
+
+        pythons = [(sys.executable, "ai-edge-litert")] + ([(str(python), "tflite-runtime")] if python else [])
+        device = measure(model, bundle, pythons, manifest.sampling.frame_interval_s, run.hop if run else DEFAULT_HOP,
+                         BUDGET_REPEATS)
+        log("device budget:\n" + table(device))
+        manifest = manifest.model_copy(update={
+            "verified_runtimes": checks, "metrics": metrics, "budget": device,
+            "data": _training_data(run, opts.licences), "crosseval": _crosseval_rows(opts, notes),
+        })
         write_manifest(bundle, manifest)
         if out.exists():
             shutil.rmtree(out)

@@ -39,6 +39,7 @@ from converter.device_rule import decision_defaults
 from converter.events import Player, clip_stream, needs_splice, score_streams, spliced_streams
 from converter.splits import PROTOCOLS, Split, group_split, leave_one_source_out
 from converter.train import TEST_FRACTION, TrainOptions, fit, load, strata
+from edge.bundle import Figure, SourceResult
 
 RESULTS_NAME = "results.json"
 PLOT_NAME = "crosseval.png"
@@ -210,6 +211,22 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list):
         return [_finite(v) for v in value]
     return value
+
+
+def manifest_rows(path: Path) -> tuple[list[SourceResult], bool]:
+    """A results.json's summary as the manifest records it, and whether the run had finished.
+
+    Read here, beside the writer, so the bundle and the crosseval file cannot disagree on the layout.
+    """
+    try:
+        results = json.loads(Path(path).read_text(encoding="utf-8"))
+        rows = [SourceResult(protocol=r["protocol"], level=r["level"], source=r["source"], units=r["units"],
+                             seeds=r["seeds"], **{m: Figure(**r["metrics"][m]) for m in METRICS})
+                for r in results["summary"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ds.DataError(f"{path}: not a crosseval results.json ({exc}); pass the file `crosseval --out` wrote") \
+            from None
+    return rows, bool(results.get("complete"))
 
 
 def summary_table(results: dict[str, Any]) -> str:

@@ -62,4 +62,19 @@ def describe(bundle_dir: Path) -> str:
             std = getattr(m, f"{column}_std")
             cells.append(f"{column} {getattr(m, column):.3f}" + (f" ± {std:.3f}" if std is not None else ""))
         lines.append(f"  {key} ({m.view}, {m.clips} clips{f', {m.runs} runs' if m.runs else ''}): " + ", ".join(cells))
+    lines.append("training data:" + ("" if manifest.data else " not recorded"))
+    lines.extend(f"  {d.name}: {d.clips} clips, {d.licence}" for d in manifest.data)
+    if manifest.crosseval:
+        lines.append("crosseval (balanced accuracy [95 % interval over groups], recall, seeds):")
+    for row in manifest.crosseval:
+        ba = row.balanced_accuracy
+        interval = f" [{ba.low:.2f}, {ba.high:.2f}]" if ba.low is not None and ba.high is not None else ""
+        value, recall = (f"{v:.3f}" if v is not None else "-" for v in (ba.value, row.recall.value))
+        lines.append(f"  {row.protocol} {row.level} {row.source}: {value}{interval}, recall {recall}, "
+                     f"{row.units} units, seeds {row.seeds}")
+    if manifest.budget:
+        from converter.budget import table
+
+        lines.append("device budget:")
+        lines.extend(f"  {line}" for line in table(manifest.budget).splitlines())
     return "\n".join(lines)

@@ -109,6 +109,53 @@ class RuntimeCheck(_Strict):
     top1_agreement: float
 
 
+class Figure(_Strict):
+    """A metric with its 95 % interval from a bootstrap over groups (None where undefined: no alarm, no group)."""
+
+    value: float | None
+    low: float | None = None
+    high: float | None = None
+
+
+class SourceResult(_Strict):
+    """One row of `rclstm-convert crosseval`, pooled over ``seeds``.
+
+    ``protocol`` "loso" trained on every other source and tested on all of ``source``; "group" is a
+    group split over all sources pooled, scored on ``source``'s held-out clips. ``level`` "clip" scores
+    each clip; "event" runs the daemon's decision rule and counts an alarm as an incident opened.
+    """
+
+    protocol: Literal["loso", "group"]
+    level: Literal["clip", "event"]
+    source: str
+    units: int = Field(ge=0)
+    seeds: list[int]
+    balanced_accuracy: Figure
+    accuracy: Figure
+    precision: Figure
+    recall: Figure
+    f1: Figure
+
+
+class TrainingData(_Strict):
+    """A dataset the model learned from, and the terms it may be used under (the model card's data list)."""
+
+    name: str
+    clips: int = Field(ge=0)
+    licence: str
+
+
+class DeviceBudget(_Strict):
+    """What the model costs a device per camera (see converter.budget): exact MACs, measured x86 ms, a Pi 4 estimate."""
+
+    mac_per_frame: int = Field(ge=0)  # per sampled frame, the window's classify spread over the hop
+    mac_per_window: int = Field(ge=0)
+    mac_per_video_second: float = Field(ge=0)
+    x86_ms_per_frame: dict[str, float]  # runtime name -> model ms per sampled frame, one thread
+    pi4_ms_per_frame_estimate: float = Field(ge=0)
+    pi4_core_share_estimate: float = Field(ge=0)  # share of one Pi 4 core per camera
+
+
 class Manifest(_Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")
@@ -130,6 +177,9 @@ class Manifest(_Strict):
     verified_runtimes: list[RuntimeCheck] = Field(default_factory=list)
     metrics: dict[str, Metrics] = Field(default_factory=dict)
     training: dict[str, str | int | float | bool | list[str] | None] = Field(default_factory=dict)
+    data: list[TrainingData] = Field(default_factory=list)
+    crosseval: list[SourceResult] = Field(default_factory=list)
+    budget: DeviceBudget | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:

@@ -129,19 +129,23 @@ def two_generated_sources(tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
     return root / "short", root / "long"
 
 
-@pytest.mark.slow
-def test_crosseval_end_to_end_writes_every_field(
-    two_generated_sources: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture(scope="module")
+def crosseval_out(two_generated_sources: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`crosseval` run once on the two generated sources (1 seed, tiny model); its --out folder."""
     from converter.cli import main
 
     short, long = two_generated_sources
-    out = tmp_path / "out"
+    out = tmp_path_factory.mktemp("crosseval") / "out"
     assert main(["crosseval", str(short), f"far={long}", "--anomaly-classes", "fight", "--out", str(out),
                  "--seeds", "1", "--epochs", "1", "--filters", "4", "--pools", "8", "--frames", "8",
                  "--sampling", "interval", "--interval", "0.1", "--batch-size", "8", "--bootstrap", "100",
-                 "--cache", str(tmp_path / "cache")]) == 0
-    assert "loso" in capsys.readouterr().out
+                 "--cache", str(out.parent / "cache")]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_crosseval_end_to_end_writes_every_field(crosseval_out: Path) -> None:
+    out = crosseval_out
     results = json.loads((out / "results.json").read_text())
     assert (out / "crosseval.png").read_bytes()[:4] == b"\x89PNG"
     assert set(results) == {"created_at", "argv", "options", "sources", "labels", "anomaly_labels", "class_map",
@@ -171,7 +175,7 @@ def test_crosseval_end_to_end_writes_every_field(
 
 @pytest.mark.slow
 def test_train_and_evaluate_on_two_sources_with_a_class_map(
-    two_generated_sources: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    two_generated_sources: tuple[Path, Path], crosseval_out: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """run.json records sources, class map and sampling; evaluate finds the held-out clips of both sources by name."""
     from converter.cli import main
@@ -191,3 +195,31 @@ def test_train_and_evaluate_on_two_sources_with_a_class_map(
     result = json.loads(capsys.readouterr().out)
     assert result["clips"] == len(run["test_clips"]) and result["missing_test_clips"] == []
     assert result["sampling"] == "interval" and set(result["binary"]) >= {"accuracy", "recall"}
+
+    # The bundle's manifest is the model card: the sources with their terms, the crosseval figures, the budget.
+    bundle = tmp_path / "bundle"
+    assert main(["convert", str(run_dir / "model.keras"), "--out", str(bundle), "--crosseval",
+                 str(crosseval_out / "results.json"), "--licence", "short=MIT", "--licence", "far=evaluation only",
+                 "--cache", cache]) == 0
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["data"] == [{"name": "short", "clips": 8, "licence": "MIT"},
+                                {"name": "far", "clips": 8, "licence": "evaluation only"}]
+    summary = json.loads((crosseval_out / "results.json").read_text())["summary"]
+    assert len(manifest["crosseval"]) == len(summary)
+    first = manifest["crosseval"][0]
+    assert (first["protocol"], first["level"], first["source"]) == (summary[0]["protocol"], summary[0]["level"],
+                                                                   summary[0]["source"])
+    assert first["balanced_accuracy"]["value"] == summary[0]["metrics"]["balanced_accuracy"]["value"]
+    budget = manifest["budget"]
+    assert budget["mac_per_frame"] > 0 and "ai-edge-litert" in budget["x86_ms_per_frame"]
+    capsys.readouterr()
+    assert main(["inspect", str(bundle)]) == 0
+    shown = capsys.readouterr().out
+    assert "far: 8 clips, evaluation only" in shown and "loso clip short" in shown and "device budget" in shown
+    # A licence for a source the run never had, or a file that is not a crosseval result, is one line, exit 2.
+    assert main(["convert", str(run_dir / "model.keras"), "--out", str(tmp_path / "b2"), "--licence", "nope=MIT",
+                 "--cache", cache]) == 2
+    assert "--licence nope: no such source" in capsys.readouterr().err
+    assert main(["convert", str(run_dir / "model.keras"), "--out", str(tmp_path / "b3"), "--crosseval",
+                 str(run_dir / "run.json"), "--cache", cache]) == 2
+    assert "not a crosseval results.json" in capsys.readouterr().err
