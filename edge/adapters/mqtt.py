@@ -180,6 +180,7 @@ class Publisher:
         self._state: dict[str, bytes] = {}  # retained state, republished on every connect
         self._rows: dict[int, int] = {}  # paho mid -> outbox row id, for rows handed to paho
         self._others: set[int] = set()  # mids of messages outside the outbox
+        self._unsaved: set[int] = set()  # mids of those among them the outbox could not store (lost if unacked)
         self._early: dict[int, ReasonCode | None] = {}  # acks that arrived before publish() returned
         self._last_sent: int | None = None
         self._dirty = False  # something changed since the drainer last looked (no lost wake-ups)
@@ -207,7 +208,12 @@ class Publisher:
         return True
 
     def _backlog(self) -> bool:
-        return bool(self._rows) or bool(self.outbox and self.outbox.depth())
+        return bool(self._rows) or bool(self._unsaved) or bool(self.outbox and self.outbox.depth())
+
+    def unsaved(self) -> int:
+        """Messages the outbox could not store that the broker has not acknowledged yet (memory only)."""
+        with self._lock:
+            return len(self._unsaved)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Publish ``stopped`` (retained) and disconnect cleanly; a clean disconnect skips the Will."""
@@ -243,7 +249,13 @@ class Publisher:
 
     def publish_direct(self, topic: str, payload: bytes, qos: int = 1) -> None:
         """A message kept only in paho's memory: what the outbox could not store (SQLite failed)."""
-        self._publish(topic, payload, qos=qos, retain=False)
+        info = self._publish(topic, payload, qos=qos, retain=False)
+        if info is None:
+            log.error("mqtt: a message for %s that could not be stored could not be queued either; lost", topic)
+            return
+        with self._lock:
+            if info.mid in self._others:
+                self._unsaved.add(info.mid)
 
     def notify(self) -> None:
         """A row was added to the outbox."""
@@ -321,6 +333,7 @@ class Publisher:
             if row_id is None:
                 if mid in self._others:
                     self._others.discard(mid)
+                    self._unsaved.discard(mid)
                 else:
                     self._early[mid] = reason
                 return

@@ -195,6 +195,9 @@ class OutboxConfig(_Section):
     max_rows: int = Field(10_000, ge=1, le=10_000_000)
     max_bytes: int = Field(50_000_000, ge=1_000, le=10_000_000_000)
     flush_timeout_s: float = Field(10.0, ge=0.0, le=600.0)
+    # How long an outbox that cannot be opened for a reason other than corruption (no space, no
+    # inodes) is retried at start before the daemon exits 1 with one line saying why.
+    open_retry_s: float = Field(60.0, ge=0.0, le=3600.0)
 
 
 class Config(_Section):
