@@ -67,7 +67,7 @@ def test_intact_outbox_is_kept_when_it_cannot_be_opened_for_lack_of_inodes(
         box.put("cam/events", f"event {i}".encode())
     box.close()
     fillers = _fill_inodes(tmpfs)
-    with pytest.raises(OutboxUnavailable, match="cannot be opened .*still failing"):
+    with pytest.raises(OutboxUnavailable, match=r"cannot be opened .*still failing"):
         Outbox(state / "outbox.db", open_retry_s=1.0)
     assert sorted(p.name for p in state.iterdir()) == ["outbox.db"], "an intact outbox was renamed"
     assert "not corruption, the file is kept" in caplog.text

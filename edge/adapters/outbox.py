@@ -443,7 +443,7 @@ def _salvage(path: Path) -> tuple[list[tuple], int | None]:
         for order in ("ASC", "DESC"):
             last = -1
             try:
-                for row in db.execute(f"SELECT {select} FROM messages ORDER BY id {order}"):  # noqa: S608
+                for row in db.execute(f"SELECT {select} FROM messages ORDER BY id {order}"):
                     rows[row[0]] = row
                     last = row[0]
                 failed.append(None)
@@ -460,7 +460,7 @@ def _salvage(path: Path) -> tuple[list[tuple], int | None]:
             if row_id in rows:
                 continue
             try:
-                row = db.execute(f"SELECT {select} FROM messages WHERE id = ?", (row_id,)).fetchone()  # noqa: S608
+                row = db.execute(f"SELECT {select} FROM messages WHERE id = ?", (row_id,)).fetchone()
             except sqlite3.Error:
                 unreadable += 1
                 continue
