@@ -100,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     from edge.bundle import BundleError
     from edge.core.config import ConfigError
 
+    if args.command not in ("schema", "uninstall"):
+        # A broken recording or stream gets one line from us; FFmpeg's and OpenCV's own complaints
+        # (thousands of non-logfmt lines) would bury it, in every command that opens a source.
+        from edge.adapters.logs import quiet_native_logs
+
+        quiet_native_logs()
     try:
         if args.command == "schema":
             from edge.core.messages import schema_text
@@ -178,14 +184,6 @@ def _provision(args: argparse.Namespace) -> int:
 def _replay_or_calibrate(args: argparse.Namespace) -> int:
     """Bad recordings, labels or camera ids are usage errors (2, raised to ``main``); no setting meeting the
     target, a config too unusual to edit or missing plots are failures (1)."""
-    import os
-
-    import cv2
-
-    # A broken recording gets one line from us; FFmpeg's and OpenCV's own complaints would bury it.
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-    set_log_level = getattr(cv2, "setLogLevel", None) or cv2.utils.logging.setLogLevel  # OpenCV 4 / 5
-    set_log_level(2)  # LOG_LEVEL_ERROR
     from edge.adapters import logs
     from edge.core.config import load_config
     from edge.tools.config_edit import ConfigEditError
