@@ -242,6 +242,8 @@ def apply_flags(config: Config, args: argparse.Namespace) -> Config:
 
 def _run(args: argparse.Namespace) -> int:
     from edge.adapters import logs
+
+    bound_malloc()
     from edge.core.config import load_config, secret_exposure_warning
 
     config = apply_flags(load_config(args.config), args)
@@ -257,6 +259,26 @@ def _run(args: argparse.Namespace) -> int:
     daemon = Daemon(config, sink_for(config))
     daemon.install_signal_handlers()
     return daemon.run()
+
+
+def bound_malloc() -> bool:
+    """Have glibc return every large block (a decoded frame) to the system when it is freed.
+
+    glibc raises its mmap threshold to the size of the largest block freed (up to 32 MB), after
+    which decoded frames (6 MB at 1080p, 25 MB at 4K) come from the heap and their pages stay
+    resident; measured with a 4K file source, that is 280 MB RSS instead of 160 MB. A fixed
+    1 MB threshold and two arenas keep it flat. False where there is no glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_arena_max, m_mmap_threshold = -8, -3
+    return bool(mallopt(m_mmap_threshold, 1 << 20)) and bool(mallopt(m_arena_max, 2))
 
 
 class _EventTee:
