@@ -122,3 +122,61 @@ def test_check_hides_a_camera_urls_password(rtsp_server, tmp_path: Path) -> None
     assert "PASS camera good" in done.stdout, done.stdout
     assert "SECRET" not in done.stdout + done.stderr
     assert "viewer:***@" in done.stdout
+
+
+def test_a_broker_that_accepts_but_never_answers_is_not_called_a_tls_port(caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+    import threading
+    import time
+
+    from edge.adapters.mqtt import Publisher
+    from edge.core.config import validate_config
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    held: list[object] = []
+    threading.Thread(target=lambda: held.append(server.accept()), daemon=True).start()
+    port = server.getsockname()[1]
+    config = validate_config({"device_id": "d", "mqtt": {"url": f"mqtt://127.0.0.1:{port}", "keepalive_s": 5}})
+    publisher = Publisher(config.mqtt, "d", None, None)
+    publisher.start()
+    try:
+        deadline = time.monotonic() + 30
+        while "never answered" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        publisher.stop()
+        server.close()
+    assert "accepted the connection but never answered within 5 s" in caplog.text
+    assert "TLS port" not in caplog.text
+
+
+@pytest.mark.parametrize(("make", "reason"), [
+    (lambda tmp: tmp, "is a directory"),
+    (lambda tmp: Path("/dev/null"), "is a device, not a video file"),
+])
+def test_a_directory_or_device_as_a_file_source_says_what_it_is(tmp_path: Path, make, reason: str) -> None:
+    source = make(tmp_path)
+    done = _check(tmp_path, f'[[cameras]]\nid = "c"\nkind = "file"\nsource = "{source}"\n')
+    [line] = [line for line in done.stdout.splitlines() if line.startswith("FAIL camera c")]
+    assert reason in line and "no such file" not in line
+
+
+@pytest.mark.parametrize("damage", ["directory", "dev-zero"])
+def test_check_goes_on_when_the_manifest_is_not_a_file(tmp_path: Path, damage: str) -> None:
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(ROOT / "edge" / "models" / "demo-synth", bundle)
+    manifest = bundle / "manifest.json"
+    manifest.unlink()
+    if damage == "directory":
+        manifest.mkdir()
+    else:
+        manifest.symlink_to("/dev/zero")  # read without bound, this never ends
+    done = _check(tmp_path, f'[model]\nbundle = "{bundle}"\n[[cameras]]\nid = "c"\nsource = "/nonexistent.mp4"\n')
+    assert "Traceback" not in done.stdout + done.stderr
+    [line] = [line for line in done.stdout.splitlines() if line.startswith("FAIL model")]
+    assert "not a regular file" in line
+    assert any(line.startswith(("PASS broker", "FAIL broker")) for line in done.stdout.splitlines()), done.stdout

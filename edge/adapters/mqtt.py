@@ -138,6 +138,16 @@ def describe_connect_error(exc: BaseException | None, cfg: MqttConfig) -> str:
     return f"cannot connect to {where} ({_reason(exc)})"
 
 
+def describe_no_connack(reason: ReasonCode | Any, cfg: MqttConfig) -> str:
+    """A TCP connection that ended before the broker's CONNACK: silence, or the other side hung up."""
+    where = f"{cfg.host}:{cfg.port}"
+    if "keep alive" in str(reason).lower() or "timeout" in str(reason).lower():
+        return (f"{where} accepted the connection but never answered within {cfg.keepalive_s} s ({reason}); "
+                "is an MQTT broker listening there, and is it overloaded?")
+    hint = "" if cfg.tls else "; is it a TLS port that needs mqtts://?"
+    return f"{where} closed the connection before answering ({reason}){hint}"
+
+
 def describe_refusal(reason: ReasonCode | Any, cfg: MqttConfig) -> str:
     text = str(reason)
     hint = ""
@@ -370,8 +380,7 @@ class Publisher:
             log.warning("mqtt: lost the connection to %s:%d (%s); reconnecting with back-off",
                         self.cfg.host, self.cfg.port, reason)
         elif self._last_problem is None:
-            hint = "" if self.cfg.tls else "; is it a TLS port that needs mqtts://?"
-            self._problem(f"{self.cfg.host}:{self.cfg.port} closed the connection before answering ({reason}){hint}")
+            self._problem(describe_no_connack(reason, self.cfg))
 
     def _problem(self, line: str) -> None:
         """The first occurrence of a connection problem is an error; retries of the same one are debug."""
