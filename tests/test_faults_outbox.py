@@ -164,3 +164,21 @@ def test_clean_stop_on_a_full_disk_says_exactly_how_many_events_are_lost(
     assert lost > 0, "the disk was not full"
     assert f"{kept} message(s) kept on disk for the next start; {lost} message(s)" in caplog.text
     assert "are lost" in caplog.text
+
+
+def test_a_long_write_outage_is_one_line_when_it_starts_and_one_when_it_ends(
+        tmpfs: Path, caplog: pytest.LogCaptureFixture) -> None:
+    box = Outbox(tmpfs / "state" / "outbox.db")
+    filler = _fill_space(tmpfs)
+    fillers = _fill_inodes(tmpfs)
+    with caplog.at_level(logging.DEBUG):
+        failed = [box.put("cam/events", b"y" * 50_000) for _ in range(8)]
+        assert failed.count(None) >= 2
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR and "cannot store" in r.getMessage()]
+        assert len(errors) == 1
+        filler.unlink()
+        for path in fillers:
+            path.unlink()
+        assert box.put("cam/events", b"after") is not None
+    assert "storing messages works again after" in caplog.text
+    assert box.errors == failed.count(None)

@@ -122,6 +122,7 @@ class Outbox:
         self.errors = 0
         self.recovered = 0
         self.lost = 0
+        self._failing = 0  # consecutive failed puts, so a long outage is one line, and its end another
         self._lock = threading.Lock()
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._db = self._open(open_retry_s)
@@ -216,20 +217,32 @@ class Outbox:
         size = len(payload) + len(topic.encode())
         with self._lock:
             try:
-                return self._insert(topic, payload, qos, retain, size, incident)
+                row_id = self._insert(topic, payload, qos, retain, size, incident)
             except sqlite3.Error as exc:
-                if _is_full(exc) and self._rows:
-                    # Disk full: freeing the oldest rows releases pages SQLite can reuse for this one.
-                    log.warning("outbox: disk full; dropping the oldest message to make room")
-                    try:
-                        self._drop_oldest(1)
-                        return self._insert(topic, payload, qos, retain, size, incident)
-                    except sqlite3.Error as again:
-                        exc = again
-                self.errors += 1
-                log.error("outbox: cannot store a message for %s (%s); it will be sent without a copy on disk",
-                          topic, exc)
-                return None
+                return self._put_failed(exc, topic, payload, qos, retain, size, incident)
+            if self._failing:
+                log.warning("outbox: storing messages works again after %d failed write(s)", self._failing)
+                self._failing = 0
+            return row_id
+
+    def _put_failed(self, exc: sqlite3.Error, topic: str, payload: bytes, qos: int, retain: bool, size: int,
+                    incident: IncidentMark | None) -> int | None:
+        """Disk full: make room from the oldest rows once; otherwise count it, said once until it recovers."""
+        if _is_full(exc) and self._rows:
+            # Disk full: freeing the oldest rows releases pages SQLite can reuse for this one.
+            log.log(logging.WARNING if not self._failing else logging.DEBUG,
+                    "outbox: disk full; dropping the oldest message to make room")
+            try:
+                self._drop_oldest(1)
+                return self._insert(topic, payload, qos, retain, size, incident)
+            except sqlite3.Error as again:
+                exc = again
+        self.errors += 1
+        self._failing += 1
+        level = logging.ERROR if self._failing == 1 else logging.DEBUG
+        log.log(level, "outbox: cannot store a message for %s (%s); it will be sent without a copy on disk "
+                "(%d write error(s) in total; said again when writing works)", topic, exc, self.errors)
+        return None
 
     def _insert(self, topic: str, payload: bytes, qos: int, retain: bool, size: int,
                 incident: IncidentMark | None) -> int:
