@@ -182,3 +182,38 @@ def test_a_long_write_outage_is_one_line_when_it_starts_and_one_when_it_ends(
         assert box.put("cam/events", b"after") is not None
     assert "storing messages works again after" in caplog.text
     assert box.errors == failed.count(None)
+
+
+WAL_WRITER = """
+import os, sqlite3, sys
+from edge.adapters.outbox import Outbox
+box = Outbox(sys.argv[1])
+box._db.execute("PRAGMA wal_autocheckpoint=0")  # everything stays in the -wal, as between checkpoints
+for i in range(30):
+    box.put("cam/events", b"event %d " % i + b"x" * 300)
+os._exit(0)  # like SIGKILL: no close, no checkpoint
+"""
+
+
+def test_a_garbled_wal_after_an_unclean_stop_is_said_not_silent(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "outbox.db"
+    subprocess.run([sys.executable, "-c", WAL_WRITER, str(path)], check=True, cwd=ROOT, timeout=60)
+    wal = Path(f"{path}-wal")
+    data = bytearray(wal.read_bytes())
+    assert len(data) > 10_000
+    data[len(data) // 2] ^= 0xFF  # one byte in the middle of the log
+    wal.write_bytes(bytes(data))
+    box = Outbox(path)
+    survived = box.depth()
+    assert survived < 30
+    assert "is damaged at frame" in caplog.text and "cannot be replayed" in caplog.text
+
+
+def test_an_intact_wal_after_an_unclean_stop_is_replayed_without_complaint(tmp_path: Path,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "outbox.db"
+    subprocess.run([sys.executable, "-c", WAL_WRITER, str(path)], check=True, cwd=ROOT, timeout=60)
+    box = Outbox(path)
+    assert box.depth() == 30
+    assert "write-ahead log" not in caplog.text
