@@ -126,7 +126,7 @@ def _refuse_what_is_not_a_file(camera: CameraConfig) -> None:
     elif path.is_char_device() or path.is_block_device():
         what = 'is a device, not a video file; for a camera use its /dev/videoN path or set kind = "v4l2"'
     else:
-        what = "is not a regular file (a pipe or socket); give the path of a video file"
+        return  # a named pipe another program writes video into is a source like a file
     raise SourceError(f"camera {camera.id}: cannot open file source {redact(camera.source)}: it {what}")
 
 
