@@ -217,15 +217,26 @@ def _first_error(exc: ValidationError) -> str:
     return "; ".join(problems)
 
 
+MANIFEST_MAX_BYTES = 1_000_000  # a real one is a few kB
+
+
 def read_manifest(bundle_dir: Path) -> Manifest:
     """Read and validate a bundle's manifest without touching the model file."""
     path = Path(bundle_dir) / MANIFEST_NAME
     if not Path(bundle_dir).is_dir():
         raise BundleError(f"{bundle_dir}: not a bundle directory (expected a folder with {MANIFEST_NAME})")
+    if path.exists() and not path.is_file():  # a directory, or a link to a device such as /dev/zero
+        raise BundleError(f"{path}: not a regular file; the bundle is damaged, copy it again")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as fh:
+            data = fh.read(MANIFEST_MAX_BYTES + 1)
+        if len(data) > MANIFEST_MAX_BYTES:
+            raise BundleError(f"{path}: larger than {MANIFEST_MAX_BYTES} bytes, not a manifest; copy the bundle again")
+        raw = json.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise BundleError(f"{path}: missing; convert the model again with `rclstm-convert convert`") from None
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot be read ({exc.strerror or exc}); check the bundle's files") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{path}: not valid JSON ({exc}); the bundle is damaged, copy it again") from None
     if not isinstance(raw, dict):

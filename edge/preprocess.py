@@ -9,6 +9,7 @@ input too, on a training clip exactly as on a live stream.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal, get_args
 
@@ -82,6 +83,28 @@ def shrink(frame: np.ndarray, height: int, width: int) -> np.ndarray:
         return frame
     shrinking = h >= height and w >= width
     return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+SNAPSHOT_MAX = (1280, 720)  # width, height: the largest picture a chain keeps of a frame (for snapshots)
+
+
+def bound_frame(image: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(picture to keep, model-size image or None) for a decoded frame, so memory does not follow the camera.
+
+    A frame larger than ``SNAPSHOT_MAX`` is replaced right after decoding by a copy shrunk by a whole
+    factor to fit it (for the snapshot) and by ``shrink(image, height, width)``, which is exactly what
+    ``prepare_frame`` would compute from the full frame first: ``prepare_frame`` of it is the same
+    model input, bit for bit. A 4K frame is 25 MB; a chain holds several (the sampler's candidates,
+    the last windows' frames, an incident's peak), so it would otherwise cost hundreds of MB.
+    Smaller frames are kept as they are.
+    """
+    h, w = image.shape[:2]
+    max_w, max_h = SNAPSHOT_MAX
+    if (h <= max_h and w <= max_w) or image.size == 0:
+        return image, None
+    factor = max(math.ceil(h / max_h), math.ceil(w / max_w))
+    kept = cv2.resize(image, (max(1, w // factor), max(1, h // factor)), interpolation=cv2.INTER_AREA)
+    return kept, shrink(image, height, width)
 
 
 def model_input(current: np.ndarray, previous: np.ndarray | None, representation: Representation) -> np.ndarray:

@@ -89,7 +89,7 @@ def test_garbage_file_is_moved_aside(tmp_path: Path, caplog: pytest.LogCaptureFi
     assert box.depth() == 0
     assert box.put("t", b"x") is not None
     assert len(list(tmp_path.glob("outbox.db.corrupt-*"))) == 1
-    assert "cannot be opened" in caplog.text
+    assert "is corrupt (file is not a database)" in caplog.text
 
 
 WRITER = textwrap.dedent(

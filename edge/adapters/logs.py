@@ -8,6 +8,7 @@ password or key, and the secret-leak test checks every output of a full run.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import Any, TextIO
@@ -43,3 +44,19 @@ def setup(level: str = "info", stream: TextIO | None = None) -> None:
     # paho logs nothing unless given a logger; keep third parties at warning even in debug runs.
     for noisy in ("paho", "PIL", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def quiet_native_logs() -> None:
+    """Keep FFmpeg's and OpenCV's own messages off stderr, where only logfmt lines belong.
+
+    A damaged MP4 makes FFmpeg print thousands of lines a second and junk MJPEG parts thousands a
+    minute, none of them logfmt; the daemon reports what matters (a source that cannot be read, a
+    frame that failed to decode) itself, once, through its logger. Called once per command before
+    the first capture opens, which is when OpenCV reads ``OPENCV_FFMPEG_LOGLEVEL``.
+    """
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+    import cv2
+
+    set_log_level = getattr(cv2, "setLogLevel", None) or cv2.utils.logging.setLogLevel  # OpenCV 4 / 5
+    set_log_level(0)  # LOG_LEVEL_SILENT

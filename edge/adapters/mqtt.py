@@ -138,6 +138,16 @@ def describe_connect_error(exc: BaseException | None, cfg: MqttConfig) -> str:
     return f"cannot connect to {where} ({_reason(exc)})"
 
 
+def describe_no_connack(reason: ReasonCode | Any, cfg: MqttConfig) -> str:
+    """A TCP connection that ended before the broker's CONNACK: silence, or the other side hung up."""
+    where = f"{cfg.host}:{cfg.port}"
+    if "keep alive" in str(reason).lower() or "timeout" in str(reason).lower():
+        return (f"{where} accepted the connection but never answered within {cfg.keepalive_s} s ({reason}); "
+                "is an MQTT broker listening there, and is it overloaded?")
+    hint = "" if cfg.tls else "; is it a TLS port that needs mqtts://?"
+    return f"{where} closed the connection before answering ({reason}){hint}"
+
+
 def describe_refusal(reason: ReasonCode | Any, cfg: MqttConfig) -> str:
     text = str(reason)
     hint = ""
@@ -180,6 +190,7 @@ class Publisher:
         self._state: dict[str, bytes] = {}  # retained state, republished on every connect
         self._rows: dict[int, int] = {}  # paho mid -> outbox row id, for rows handed to paho
         self._others: set[int] = set()  # mids of messages outside the outbox
+        self._unsaved: set[int] = set()  # mids of those among them the outbox could not store (lost if unacked)
         self._early: dict[int, ReasonCode | None] = {}  # acks that arrived before publish() returned
         self._last_sent: int | None = None
         self._dirty = False  # something changed since the drainer last looked (no lost wake-ups)
@@ -207,7 +218,12 @@ class Publisher:
         return True
 
     def _backlog(self) -> bool:
-        return bool(self._rows) or bool(self.outbox and self.outbox.depth())
+        return bool(self._rows) or bool(self._unsaved) or bool(self.outbox and self.outbox.depth())
+
+    def unsaved(self) -> int:
+        """Messages the outbox could not store that the broker has not acknowledged yet (memory only)."""
+        with self._lock:
+            return len(self._unsaved)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Publish ``stopped`` (retained) and disconnect cleanly; a clean disconnect skips the Will."""
@@ -243,7 +259,13 @@ class Publisher:
 
     def publish_direct(self, topic: str, payload: bytes, qos: int = 1) -> None:
         """A message kept only in paho's memory: what the outbox could not store (SQLite failed)."""
-        self._publish(topic, payload, qos=qos, retain=False)
+        info = self._publish(topic, payload, qos=qos, retain=False)
+        if info is None:
+            log.error("mqtt: a message for %s that could not be stored could not be queued either; lost", topic)
+            return
+        with self._lock:
+            if info.mid in self._others:
+                self._unsaved.add(info.mid)
 
     def notify(self) -> None:
         """A row was added to the outbox."""
@@ -321,6 +343,7 @@ class Publisher:
             if row_id is None:
                 if mid in self._others:
                     self._others.discard(mid)
+                    self._unsaved.discard(mid)
                 else:
                     self._early[mid] = reason
                 return
@@ -357,8 +380,7 @@ class Publisher:
             log.warning("mqtt: lost the connection to %s:%d (%s); reconnecting with back-off",
                         self.cfg.host, self.cfg.port, reason)
         elif self._last_problem is None:
-            hint = "" if self.cfg.tls else "; is it a TLS port that needs mqtts://?"
-            self._problem(f"{self.cfg.host}:{self.cfg.port} closed the connection before answering ({reason}){hint}")
+            self._problem(describe_no_connack(reason, self.cfg))
 
     def _problem(self, line: str) -> None:
         """The first occurrence of a connection problem is an error; retries of the same one are debug."""

@@ -94,6 +94,8 @@ def open_capture(camera: CameraConfig) -> cv2.VideoCapture:
         capture = cv2.VideoCapture(parse_source(camera.source), cv2.CAP_V4L2)
         hint = "check the device exists, the service user is in the 'video' group and no other program holds it"
     else:
+        if kind == "file":
+            _refuse_what_is_not_a_file(camera)
         if kind == "rtsp":
             _use_rtsp_over_tcp()
         params = [
@@ -112,6 +114,20 @@ def open_capture(camera: CameraConfig) -> cv2.VideoCapture:
         capture.release()
         raise SourceError(f"camera {camera.id}: cannot open {kind} source {redact(camera.source)}: {hint}")
     return capture
+
+
+def _refuse_what_is_not_a_file(camera: CameraConfig) -> None:
+    """A directory or a device given as a video file gets its own reason, not "no such file"."""
+    path = Path(str(camera.source))
+    if not path.exists() or path.is_file():
+        return
+    if path.is_dir():
+        what = "is a directory; give the path of a video file in it"
+    elif path.is_char_device() or path.is_block_device():
+        what = 'is a device, not a video file; for a camera use its /dev/videoN path or set kind = "v4l2"'
+    else:
+        return  # a named pipe another program writes video into is a source like a file
+    raise SourceError(f"camera {camera.id}: cannot open file source {redact(camera.source)}: it {what}")
 
 
 def read_one(camera: CameraConfig, timeout: float) -> Frame:

@@ -100,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     from edge.bundle import BundleError
     from edge.core.config import ConfigError
 
+    if args.command not in ("schema", "uninstall"):
+        # A broken recording or stream gets one line from us; FFmpeg's and OpenCV's own complaints
+        # (thousands of non-logfmt lines) would bury it, in every command that opens a source.
+        from edge.adapters.logs import quiet_native_logs
+
+        quiet_native_logs()
     try:
         if args.command == "schema":
             from edge.core.messages import schema_text
@@ -178,14 +184,6 @@ def _provision(args: argparse.Namespace) -> int:
 def _replay_or_calibrate(args: argparse.Namespace) -> int:
     """Bad recordings, labels or camera ids are usage errors (2, raised to ``main``); no setting meeting the
     target, a config too unusual to edit or missing plots are failures (1)."""
-    import os
-
-    import cv2
-
-    # A broken recording gets one line from us; FFmpeg's and OpenCV's own complaints would bury it.
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-    set_log_level = getattr(cv2, "setLogLevel", None) or cv2.utils.logging.setLogLevel  # OpenCV 4 / 5
-    set_log_level(2)  # LOG_LEVEL_ERROR
     from edge.adapters import logs
     from edge.core.config import load_config
     from edge.tools.config_edit import ConfigEditError
@@ -244,6 +242,8 @@ def apply_flags(config: Config, args: argparse.Namespace) -> Config:
 
 def _run(args: argparse.Namespace) -> int:
     from edge.adapters import logs
+
+    bound_malloc()
     from edge.core.config import load_config, secret_exposure_warning
 
     config = apply_flags(load_config(args.config), args)
@@ -259,6 +259,26 @@ def _run(args: argparse.Namespace) -> int:
     daemon = Daemon(config, sink_for(config))
     daemon.install_signal_handlers()
     return daemon.run()
+
+
+def bound_malloc() -> bool:
+    """Have glibc return every large block (a decoded frame) to the system when it is freed.
+
+    glibc raises its mmap threshold to the size of the largest block freed (up to 32 MB), after
+    which decoded frames (6 MB at 1080p, 25 MB at 4K) come from the heap and their pages stay
+    resident; measured with a 4K file source, that is 280 MB RSS instead of 160 MB. A fixed
+    1 MB threshold and two arenas keep it flat. False where there is no glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_arena_max, m_mmap_threshold = -8, -3
+    return bool(mallopt(m_mmap_threshold, 1 << 20)) and bool(mallopt(m_arena_max, 2))
 
 
 class _EventTee:

@@ -9,6 +9,7 @@ and what is allowed, so ``rclstm-edge check`` can print them all at once.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import stat
 import sys
@@ -32,6 +33,19 @@ PASSWORD_ENV = "RCLSTM_MQTT_PASSWORD"
 PASSWORD_CREDENTIAL = "mqtt-password"
 KEY_CREDENTIAL = "mqtt-key"
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# V4L2 numbers its devices /dev/video0 to /dev/video255 (the kernel's VIDEO_NUM_DEVICES).
+MAX_DEVICE_INDEX = 255
+# An MQTT topic is at most 65535 bytes. After the prefix come at most 200 more: "/{device_id}/{camera}/
+# snapshot/{uuid}" is 176 with 64-character ids, and a discovery topic ("/binary_sensor/rclstm-edge-
+# {device_id}/{camera}_anomaly/config") 171; prefixes are ASCII by their pattern, so characters are bytes.
+MQTT_TOPIC_MAX = 65535
+MAX_PREFIX = MQTT_TOPIC_MAX - 200
+_URL_PASSWORD = re.compile(r"(://[^/\s:@]*:)[^@\s/]*@")
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ***."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
 
 
 RuntimeName = Literal["auto", "ai-edge-litert", "tflite-runtime"]
@@ -120,13 +134,23 @@ class CameraConfig(_Section):
     loop: bool = False
     decision: DecisionOverrides = Field(default_factory=DecisionOverrides)  # type: ignore[valid-type]
 
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source_kind(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise ValueError(f"must be a device index (0 to {MAX_DEVICE_INDEX}) or a quoted string (a /dev path, "
+                             "rtsp:// or http:// URL, or a video file), not a TOML "
+                             f"{'boolean' if isinstance(value, bool) else type(value).__name__}")
+        return value
+
     @field_validator("source")
     @classmethod
     def _source_not_blank(cls, value: str | int) -> str | int:
         if isinstance(value, str) and not value.strip():
             raise ValueError("must be a device index, /dev path, rtsp:// or http:// URL, or a video file")
-        if isinstance(value, int) and value < 0:
-            raise ValueError("a device index must be 0 or more")
+        if isinstance(value, int) and not 0 <= value <= MAX_DEVICE_INDEX:
+            raise ValueError(f"a V4L2 device index must be 0 to {MAX_DEVICE_INDEX} (/dev/video0 to "
+                             f"/dev/video{MAX_DEVICE_INDEX}); use the camera's /dev path")
         return value
 
     def resolved_kind(self) -> Literal["v4l2", "rtsp", "mjpeg", "file"]:
@@ -145,7 +169,7 @@ class CameraConfig(_Section):
 
 class MqttConfig(_Section):
     url: str | None = None
-    prefix: str = Field("rclstm", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    prefix: str = Field("rclstm", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$", max_length=MAX_PREFIX)
     protocol: Literal["5", "3.1.1"] = "5"
     client_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     username: str | None = None
@@ -161,7 +185,8 @@ class MqttConfig(_Section):
     snapshot_max_bytes: int = Field(100_000, ge=1000, le=5_000_000)
     # Home Assistant MQTT discovery (opt-in): per camera an anomaly binary_sensor and a score sensor.
     homeassistant: bool = False
-    discovery_prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    discovery_prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$",
+                                  max_length=MAX_PREFIX)
 
     @field_validator("url")
     @classmethod
@@ -172,9 +197,11 @@ class MqttConfig(_Section):
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise ValueError("must look like mqtt://host:1883 or mqtts://host:8883")
         try:
-            parts.port  # noqa: B018 - raises on a non-numeric port
+            port = parts.port
         except ValueError:
-            raise ValueError("has a port that is not a number") from None
+            raise ValueError("has a port that is not a number from 1 to 65535") from None
+        if port == 0:
+            raise ValueError("has port 0; use 1 to 65535 (1883 for mqtt://, 8883 for mqtts://) or leave it out")
         return value
 
     @property
@@ -195,6 +222,9 @@ class OutboxConfig(_Section):
     max_rows: int = Field(10_000, ge=1, le=10_000_000)
     max_bytes: int = Field(50_000_000, ge=1_000, le=10_000_000_000)
     flush_timeout_s: float = Field(10.0, ge=0.0, le=600.0)
+    # How long an outbox that cannot be opened for a reason other than corruption (no space, no
+    # inodes) is retried at start before the daemon exits 1 with one line saying why.
+    open_retry_s: float = Field(60.0, ge=0.0, le=3600.0)
 
 
 class Config(_Section):
@@ -239,14 +269,20 @@ def format_errors(exc: ValidationError) -> list[str]:
     for err in exc.errors():
         loc = key_path(err["loc"]) or "(top level)"
         value = err.get("input")
-        shown = "" if isinstance(value, dict) else f" = {value!r}"
+        shown = "" if isinstance(value, dict) else f" = {_shown(value)}"
         if err["type"] == "extra_forbidden":
             lines.append(f"{loc}{shown}: unknown key; remove it or check its spelling")
         elif err["type"] == "missing":
             lines.append(f"{loc}: required key is missing")
         else:
-            lines.append(f"{loc}{shown}: {err['msg']}")
+            lines.append(f"{loc}{shown}: {redact_secrets(err['msg'])}")
     return lines
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """A rejected value for an error line: passwords in URLs hidden, long values cut."""
+    text = redact_secrets(repr(value))
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(value))} characters)"
 
 
 def load_config(path: Path | None) -> Config:
@@ -296,19 +332,34 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def resolve_password(mqtt: MqttConfig) -> str | None:
-    """The MQTT password from, in order: environment, systemd credential, password_file, the config."""
+    """The MQTT password from, in order: environment, systemd credential, password_file, the config.
+
+    Read as bytes and decoded strictly: a password that is not UTF-8 cannot be sent in an MQTT
+    CONNECT, and is refused here in one line naming where it came from.
+    """
+    env = os.environb.get(PASSWORD_ENV.encode()) if os.supports_bytes_environ else None
+    if env:
+        return _utf8(env, f"${PASSWORD_ENV}")
     if os.environ.get(PASSWORD_ENV):
         return os.environ[PASSWORD_ENV]
     credential = credential_path(PASSWORD_CREDENTIAL)
     if credential is not None:
-        return credential.read_text(encoding="utf-8").strip()
+        return _utf8(credential.read_bytes(), f"the systemd credential {PASSWORD_CREDENTIAL}").strip()
     if mqtt.password_file is not None:
         try:
-            return mqtt.password_file.read_text(encoding="utf-8").strip()
+            data = mqtt.password_file.read_bytes()
         except OSError as exc:
             problem = f"mqtt.password_file = '{mqtt.password_file}': cannot read it ({exc.strerror})"
             raise ConfigError([problem]) from None
+        return _utf8(data, f"mqtt.password_file = '{mqtt.password_file}'").strip()
     return mqtt.password
+
+
+def _utf8(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError([f"{where}: the password is not UTF-8 text; write it again as UTF-8"]) from None
 
 
 def resolve_key_file(mqtt: MqttConfig) -> Path | None:

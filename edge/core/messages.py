@@ -142,6 +142,10 @@ class Stats(_Message):
     outbox_errors: int | None = Field(None, ge=0)
     acked: int | None = Field(None, ge=0, description="Outbox messages the broker acknowledged.")
     rejected: int | None = Field(None, ge=0, description="Messages the broker refused (e.g. its ACL).")
+    outbox_oldest_s: float | None = Field(None, ge=0, description="Age of the oldest unacknowledged message.")
+    recovered: int | None = Field(None, ge=0, description="Messages salvaged from a corrupt outbox at start.")
+    quarantined: int | None = Field(None, ge=0,
+                                    description="Stored messages whose checksum failed: kept aside, never published.")
 
 
 def message_json(message: BaseModel) -> bytes:

@@ -27,9 +27,12 @@ Phase = Literal["idle", "pending", "open", "cooldown"]
 class Frame:
     """One captured image with its stream time (monotonic per source) and wall time (UTC)."""
 
-    image: np.ndarray  # BGR uint8 as OpenCV delivers it
+    image: np.ndarray  # BGR uint8 as OpenCV delivers it, or shrunk to SNAPSHOT_MAX for a large camera
     ts: float
     wall: datetime
+    # The image already shrunk to the model's input size (still BGR uint8) when ``image`` was
+    # reduced: the classifier prepares this one, which gives exactly the input the full frame would.
+    model_image: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

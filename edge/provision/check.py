@@ -48,14 +48,14 @@ def run_checks(path: Path) -> int:
 
 
 def _check_camera(camera) -> tuple[bool, str, np.ndarray | None]:  # type: ignore[no-untyped-def]
-    from edge.adapters.sources import SourceError, read_one
+    from edge.adapters.sources import SourceError, read_one, redact
 
     try:
         frame = read_one(camera, camera.open_timeout_s)
     except SourceError as exc:
         return False, str(exc), None
     h, w = frame.image.shape[:2]
-    return True, f"read a {w}x{h} frame from {camera.source}", frame.image
+    return True, f"read a {w}x{h} frame from {redact(camera.source)}", frame.image
 
 
 def _check_model(config: Config, frame: np.ndarray | None) -> tuple[bool, str, str]:
@@ -106,7 +106,7 @@ def _check_state_dir(config: Config) -> tuple[bool, str, str]:
         return True, item, "not needed without a broker"
     try:
         directory = usable_state_dir(config.state_dir)
-        box = Outbox(directory / OUTBOX_NAME, config.outbox.max_rows, config.outbox.max_bytes)
+        box = Outbox(directory / OUTBOX_NAME, config.outbox.max_rows, config.outbox.max_bytes, open_retry_s=0)
     except OSError as exc:
         return False, item, str(exc)
     depth = box.depth()

@@ -29,6 +29,7 @@ STATE = Path("var/lib/rclstm-edge")
 OPT = Path("opt/rclstm-edge")
 UNIT_PATH = Path("etc/systemd/system") / UNIT_NAME
 CREDENTIAL_NAMES = ("mqtt-password", "mqtt-key")
+CONFIG_MODE = 0o640
 
 
 class InstallError(UsageError):
@@ -78,7 +79,9 @@ def render_config(opts: InstallOptions) -> str:
     """The config file the flags describe. Secrets never go in it; they are credential files."""
     lines = [
         "# Written by `rclstm-edge install`; edit and run `rclstm-edge check --config` after changes.",
-        "# Secrets are not here: they are systemd credentials under /etc/rclstm-edge/credentials.",
+        "# MQTT secrets are not here: they are systemd credentials under /etc/rclstm-edge/credentials.",
+        "# A camera URL may hold the camera's password, so this file is readable by root and the",
+        "# rclstm-edge group only (0640); keep it so.",
         f"device_id = {_toml(opts.device_id)}",
         f"site = {_toml(opts.site)}",
         'state_dir = "/var/lib/rclstm-edge"',
@@ -162,7 +165,11 @@ def install(opts: InstallOptions) -> Report:
     _mkdir(root / CREDENTIALS, 0o700, report)
     _mkdir(root / STATE, 0o700, report)
     _mkdir(root / OPT, 0o755, report)
-    _write(root / ETC / "config.toml", render_config(opts).encode(), 0o644, report)
+    # 0640 root:rclstm-edge: camera URLs may carry passwords, and the service (group rclstm-edge) must
+    # read the file; docs/security.md says why not a credential per camera.
+    _write(root / ETC / "config.toml", render_config(opts).encode(), CONFIG_MODE, report)
+    if live:
+        shutil.chown(root / ETC / "config.toml", "root", USER)
     secrets = {"mqtt-password": (opts.password or "").encode(), "mqtt-key": opts.key.read_bytes() if opts.key else b""}
     for name in CREDENTIAL_NAMES:
         _write(root / CREDENTIALS / name, secrets[name], 0o600, report)

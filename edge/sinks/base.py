@@ -27,6 +27,9 @@ class Delivery(TypedDict, total=False):
     outbox_errors: int
     acked: int
     rejected: int
+    outbox_oldest_s: float
+    recovered: int
+    quarantined: int
 
 
 class Sink:

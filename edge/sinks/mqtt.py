@@ -34,7 +34,8 @@ class MqttSink(Sink):
 
     def open(self, camera_ids: list[str], model: str) -> None:
         cfg, box = self.config.mqtt, self.config.outbox
-        self.outbox = Outbox(usable_state_dir(self.config.state_dir) / OUTBOX_NAME, box.max_rows, box.max_bytes)
+        self.outbox = Outbox(usable_state_dir(self.config.state_dir) / OUTBOX_NAME, box.max_rows, box.max_bytes,
+                             box.open_retry_s)
         self.publisher = Publisher(cfg, self.config.device_id, self.outbox, resolve_password(cfg))
         self.publisher.start()
         self._close_interrupted(self.outbox, self.publisher)
@@ -62,13 +63,20 @@ class MqttSink(Sink):
     def delivery(self) -> Delivery:
         box, publisher = self._outbox(), self._publisher()
         return Delivery(outbox_depth=box.depth(), outbox_bytes=box.size(), dropped=box.dropped,
-                        outbox_errors=box.errors, acked=publisher.acked, rejected=publisher.rejected)
+                        outbox_errors=box.errors, acked=publisher.acked, rejected=publisher.rejected,
+                        outbox_oldest_s=box.oldest_age_s(), recovered=box.recovered, quarantined=box.quarantined)
 
     def close(self, flush_timeout_s: float) -> None:
         box, publisher = self._outbox(), self._publisher()
         if not publisher.flush(flush_timeout_s):
-            log.warning("outbox not empty after %.0f s: %d message(s) kept for the next start",
-                        flush_timeout_s, box.depth())
+            kept, lost = box.depth(), publisher.unsaved()
+            if lost:
+                log.error("outbox not empty after %.0f s: %d message(s) kept on disk for the next start; %d message(s) "
+                          "that could not be written to disk (see the outbox errors above) were not acknowledged "
+                          "by the broker and are lost", flush_timeout_s, kept, lost)
+            else:
+                log.warning("outbox not empty after %.0f s: %d message(s) kept for the next start",
+                            flush_timeout_s, kept)
         publisher.stop()
         box.close()
 

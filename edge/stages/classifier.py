@@ -69,7 +69,8 @@ class StreamClassifier:
         """Add one sampled frame; returns a prediction when a window is due, else None."""
         spec = self._spec
         try:
-            prepared = prepare_frame(frame.image, spec.height, spec.width)
+            image = frame.image if frame.model_image is None else frame.model_image
+            prepared = prepare_frame(image, spec.height, spec.width)
         except FrameError as exc:
             self.bad_frames += 1
             level = logging.WARNING if self.bad_frames == 1 else logging.DEBUG

@@ -25,6 +25,7 @@ import numpy as np
 from edge.core.config import CameraConfig, DecisionConfig
 from edge.core.messages import ChainStats, EndReason
 from edge.core.values import Frame, OfflineReason, Output, Prediction, Transition
+from edge.preprocess import bound_frame
 from edge.stages.classifier import StreamClassifier
 from edge.stages.decision import Decider
 from edge.stages.events import build_event
@@ -69,6 +70,10 @@ class CameraPipeline:
     def process(self, frame: Frame) -> list[Output]:
         """Feed one captured frame; returns the outputs it completes (usually none)."""
         self.frames_in += 1
+        spec = self.model.manifest.input
+        kept, model_image = bound_frame(frame.image, spec.height, spec.width)
+        if model_image is not None:  # a large camera: memory bounded from here on, the model's input unchanged
+            frame = Frame(kept, frame.ts, frame.wall, model_image)
         self._last = frame
         sampled = self.sampler.offer(frame)
         if sampled is None:
