@@ -20,9 +20,9 @@ def _row(name: str, result: dict, view: str) -> dict:
 
 
 def run(settings: Settings, models: Models) -> Table:
-    from converter.convert import QUANTIZATIONS
     from converter.evaluate import evaluate
     from converter.runs import find_run
+    from edge.bundle import QUANTIZATIONS
 
     assert settings.model is not None
     found = find_run(settings.model)

@@ -99,7 +99,7 @@ def _tflite_costs(settings: Settings, stream: Path, window: Path, threads: int, 
 
 
 def run(settings: Settings, models: Models) -> Table:
-    from converter.convert import QUANTIZATIONS
+    from edge.bundle import QUANTIZATIONS
 
     modes = settings.pick(("float32", "dynamic"), QUANTIZATIONS)
     thread_counts = settings.pick((1,), (1, 2))

@@ -19,7 +19,7 @@ from converter.sampling import DEFAULT_HOP, DEFAULT_INTERVAL_S, DEFAULT_METHOD, 
 from converter.sources import Source, parse_class_map, parse_source, unique_sources
 from converter.splits import PROTOCOLS
 from edge.adapters.runtime import RuntimeMissing
-from edge.bundle import BundleError
+from edge.bundle import QUANTIZATIONS, BundleError
 from edge.preprocess import REPRESENTATIONS
 
 PROG = "rclstm-convert"
@@ -166,7 +166,8 @@ def _parser() -> argparse.ArgumentParser:
     convert = sub.add_parser("convert", help="quantize a .keras/.h5 model into a verified TFLite bundle")
     convert.add_argument("model", type=Path)
     convert.add_argument("--out", type=Path, required=True)
-    convert.add_argument("--quantize", choices=["float32", "float16", "dynamic", "int8"], default="float32")
+    convert.add_argument("--quantize", choices=QUANTIZATIONS, default="float32",
+                         help="default float32 (dynamic is the shipped model's)")
     convert.add_argument("--calibration", type=Path, help="DATA_DIR of clips for int8 calibration")
     convert.add_argument("--data", type=Path, help="DATA_DIR for parity windows (default: the run's test clips)")
     convert.add_argument("--anomaly-classes", type=_names)

@@ -45,6 +45,7 @@ from converter.sampling import DEFAULT_HOP, WindowSampling
 from edge.adapters.runtime import BundleModel
 from edge.bundle import (
     MODEL_NAME,
+    QUANTIZATIONS,
     Manifest,
     Metrics,
     Quantization,
@@ -59,7 +60,6 @@ from edge.bundle import (
 )
 from edge.preprocess import PREPROCESS_VERSION, REPRESENTATIONS, Representation, channels_for
 
-QUANTIZATIONS: tuple[str, ...] = ("float32", "float16", "dynamic", "int8")
 FLOAT_TOLERANCE = 1e-5
 # Modes whose kernels are float end to end. Dynamic range quantizes activations to int8 at run time,
 # and runtimes round those differently (measured 1.6e-5 between tflite-runtime 2.14 and LiteRT 2.3 on

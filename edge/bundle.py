@@ -13,7 +13,7 @@ import hashlib
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -25,6 +25,7 @@ MANIFEST_NAME = "manifest.json"
 MODEL_NAME = "model.tflite"
 
 Quantization = Literal["float32", "float16", "dynamic", "int8"]
+QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 
 
 class BundleError(Exception):

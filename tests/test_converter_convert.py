@@ -17,11 +17,11 @@ from converter import dataset as ds
 from converter.cli import main
 from converter.runs import find_run, held_out
 from edge.adapters.runtime import BundleModel
-from edge.bundle import read_manifest, sha256_file
+from edge.bundle import QUANTIZATIONS, read_manifest, sha256_file
 from tests.fixtures_models import tflite_python
 
 pytestmark = pytest.mark.slow
-MODES = ["float32", "float16", "dynamic", "int8"]
+MODES = list(QUANTIZATIONS)
 TOLERANCE = {"float32": 1e-5, "float16": 1e-5, "dynamic": 1 / 256, "int8": 1 / 256}
 needs_tflite = pytest.mark.skipif(tflite_python() is None,
                                   reason="RCLSTM_TFLITE_PYTHON is not set (the tflite-runtime 2.14 environment)")
