@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime, timedelta, timezone
 import subprocess
 import sys
 from pathlib import Path
 
 import jsonschema
 import pytest
+
+from edge.synthetic import write_stream
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +77,31 @@ def test_broken_bundle_is_one_line_and_non_zero(tmp_path: Path, files: dict[str,
     for name, text in files.items():
         (bundle / name).write_text(text)
     video = tmp_path / "none.mp4"
+    video.write_bytes(b"")  # exists: the bundle is what fails
     proc = rclstm("run", "--model", str(bundle), "--source", str(video), "--fast")
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], proc.stderr
+
+
+def _times(stdout: str) -> list[datetime]:
+    events = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    assert events, stdout
+    return [datetime.fromisoformat(e[key].replace("Z", "+00:00"))
+            for e in events for key in ("started_at", "ended_at", "emitted_at") if e[key]]
+
+
+@pytest.mark.parametrize("command", ["fast", "demo"])
+def test_event_times_never_lie_in_the_future(tmp_path: Path, command: str) -> None:
+    """A file read faster than real time is anchored so its last frame is when reading started."""
+    if command == "fast":
+        video = tmp_path / "fight.mp4"
+        write_stream(video, [("calm", 6.0), ("fight", 5.0), ("calm", 6.0)], fps=25)
+        proc = rclstm("run", "--source", str(video), "--fast", "--model", "demo")
+    else:
+        proc = rclstm("demo", "--out", str(tmp_path / "demo"))
+    finished = datetime.now(timezone.utc)
+    assert proc.returncode == 0, proc.stderr
+    times = _times(proc.stdout)
+    assert max(times) <= finished, (max(times), finished)
+    assert min(times) >= finished - timedelta(seconds=120)
