@@ -99,9 +99,50 @@ def test_event_times_never_lie_in_the_future(tmp_path: Path, command: str) -> No
         write_stream(video, [("calm", 6.0), ("fight", 5.0), ("calm", 6.0)], fps=25)
         proc = rclstm("run", "--source", str(video), "--fast", "--model", "demo")
     else:
-        proc = rclstm("demo", "--out", str(tmp_path / "demo"))
+        proc = rclstm("demo")
     finished = datetime.now(timezone.utc)
     assert proc.returncode == 0, proc.stderr
     times = _times(proc.stdout)
     assert max(times) <= finished, (max(times), finished)
     assert min(times) >= finished - timedelta(seconds=120)
+
+
+def test_run_with_a_missing_file_exits_2_at_once(tmp_path: Path) -> None:
+    missing = tmp_path / "nonexistent.mp4"
+    proc = rclstm("run", "--source", str(missing), "--model", "demo", timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: camera cam0: {missing}: no such file; check the path"]
+
+
+def test_check_lines_are_its_own(tmp_path: Path, mosquitto_broker) -> None:
+    """No doubled camera prefix, no OpenCV/FFmpeg lines, an unusable state_dir fails, a missing site warns."""
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'device_id = "pi-1"\nstate_dir = "/proc/rclstm"\n[model]\nbundle = "demo"\n'
+        f'[mqtt]\nurl = "{mosquitto_broker.url}"\n'
+        '[[cameras]]\nid = "door"\nsource = "rtsp://127.0.0.1:9/stream"\nopen_timeout_s = 2\n'
+        f'[[cameras]]\nid = "yard"\nsource = "{tmp_path / "gone.mp4"}"\n'
+    )
+    proc = rclstm("check", "--config", str(config))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "PASS config", "WARN config", "FAIL camera door", "FAIL camera yard", "PASS model", "PASS broker",
+        "FAIL state_dir"]
+    assert 'site is not set, so every event says site "default"' in lines[1]
+    assert lines[2].startswith("FAIL camera door: cannot open rtsp source rtsp://127.0.0.1:9/stream: ")
+    assert lines[3].startswith(f"FAIL camera yard: cannot open file source {tmp_path / 'gone.mp4'}: no such file")
+    assert lines[6].startswith("FAIL state_dir: state_dir /proc/rclstm is not writable (")
+    assert "@ 0x" not in proc.stdout + proc.stderr and "WARN:" not in proc.stdout + proc.stderr, proc.stderr
+    assert proc.stderr.strip() == "", proc.stderr
+
+
+def test_version_and_help_texts() -> None:
+    from edge import __version__
+
+    assert rclstm("--version").stdout.strip() == f"rclstm-edge {__version__}"
+    check = rclstm("check", "--help").stdout
+    assert "--config CONFIG  the TOML config file to check" in " ".join(check.split()) or "TOML config" in check
+    install = " ".join(rclstm("install", "--help").stdout.split())
+    for text in ("this device's id", "the store or site this device is in", "MQTT username", "a wheel built"):
+        assert text in install, install

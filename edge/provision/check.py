@@ -7,8 +7,11 @@ frame the first camera really delivered, through the same preprocessing as the d
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +36,13 @@ def run_checks(path: Path) -> int:
     warning = secret_exposure_warning(path, config.mqtt)
     if warning:
         print(f"WARN config: {warning}", flush=True)
-    from edge.adapters.sources import set_v4l2_select_timeout
-
-    set_v4l2_select_timeout(config.cameras)
+    if "site" not in config.model_fields_set:
+        print('WARN config: site is not set, so every event says site "default"; set site = "STORE" '
+              "(install --site sets it)", flush=True)
     frame = None
     for camera in config.cameras:
-        ok, reason, image = _check_camera(camera)
+        with _native_stderr_quiet():
+            ok, reason, image = _check_camera(camera, config.cameras)
         results.append(_line(ok, f"camera {camera.id}", reason))
         frame = image if frame is None else frame
     results.append(_line(*_check_model(config, frame)))
@@ -47,13 +51,31 @@ def run_checks(path: Path) -> int:
     return EXIT_OK if all(results) else EXIT_FAIL
 
 
-def _check_camera(camera) -> tuple[bool, str, np.ndarray | None]:  # type: ignore[no-untyped-def]
-    from edge.adapters.sources import SourceError, read_one
+@contextlib.contextmanager
+def _native_stderr_quiet() -> Iterator[None]:
+    """OpenCV and FFmpeg print their own lines ("[tcp @ 0x...] ...", "[ WARN:0@0.02] global cap.cpp ...")
+    straight to file descriptor 2; check's output is its PASS/FAIL lines, each with the reason."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
+
+def _check_camera(camera, cameras) -> tuple[bool, str, np.ndarray | None]:  # type: ignore[no-untyped-def]
+    from edge.adapters.sources import SourceError, read_one, set_v4l2_select_timeout
+
+    set_v4l2_select_timeout(cameras)
     try:
         frame = read_one(camera, camera.open_timeout_s)
     except SourceError as exc:
-        return False, str(exc), None
+        return False, str(exc).removeprefix(f"camera {camera.id}: "), None
     h, w = frame.image.shape[:2]
     return True, f"read a {w}x{h} frame from {camera.source}", frame.image
 
@@ -99,16 +121,21 @@ def _check_broker(config: Config) -> tuple[bool, str, str]:
 
 
 def _check_state_dir(config: Config) -> tuple[bool, str, str]:
-    from edge.adapters.outbox import OUTBOX_NAME, Outbox, usable_state_dir
+    from edge.adapters.outbox import OUTBOX_NAME, Outbox
 
     item = "state_dir"
     if config.mqtt.url is None:
         return True, item, "not needed without a broker"
+    # The configured directory itself: the daemon's per-user fallback is for a development machine.
+    directory = config.state_dir
     try:
-        directory = usable_state_dir(config.state_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
         box = Outbox(directory / OUTBOX_NAME, config.outbox.max_rows, config.outbox.max_bytes)
     except OSError as exc:
-        return False, item, str(exc)
+        return False, item, (f"state_dir {directory} is not writable ({exc.strerror or exc}); set state_dir to a "
+                             "directory the service user owns (install creates /var/lib/rclstm-edge)")
     depth = box.depth()
     box.close()
     return True, item, f"outbox {directory / OUTBOX_NAME} opens ({depth} message(s) waiting)"
