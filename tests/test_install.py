@@ -231,3 +231,27 @@ def test_cli_install_reads_the_password_from_stdin_and_reports_changes(tmp_path:
     assert "0 changed" in second.stdout
     bad = subprocess.run([*args[:-1], "--camera", ""], input="", capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "cameras.1.source" in bad.stderr
+
+
+@pytest.mark.slow
+def test_documented_wheel_installs_with_install_package(tmp_path: Path) -> None:
+    """docs/install.md's way onto a device: a wheel built from the checkout, given to install --package."""
+    build = "python3 -m pip wheel --no-deps -w dist ."
+    assert build in (REPO / "docs/install.md").read_text()
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(REPO)],
+                   check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = dist.glob("rclstm_edge-*-py3-none-any.whl")
+    root = tmp_path / "root"
+    done = subprocess.run(
+        [sys.executable, "-m", "edge", "install", "--root", str(root), "--package", str(wheel), "--runtime", "tflite",
+         "--device-id", "pi-9", "--site", "s9", "--camera", "door=rtsp://cam/stream"],
+        capture_output=True, text=True, env={**os.environ, "PIP_NO_DEPS": "1"},  # offline: the wheel alone
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    venv_python = root / "opt/rclstm-edge/venv/bin/python"
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the venv's own copy, not the checkout
+    probe = subprocess.run([str(venv_python), "-c", "import edge; print(edge.__version__, edge.__file__)"],
+                           capture_output=True, text=True, check=True, env=clean, cwd=tmp_path)
+    version, location = probe.stdout.split()
+    assert version == __import__("edge").__version__ and location.startswith(str(root / "opt/rclstm-edge/venv"))
