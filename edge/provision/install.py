@@ -269,7 +269,8 @@ def _ensure_venv(venv: Path, opts: InstallOptions, report: Report) -> None:
     if python.exists():
         # This version and the chosen runtime: a venv without its runtime is repaired by re-running install.
         probe_code = f"import edge, {RUNTIME_MODULES[opts.runtime]}; print(edge.__version__)"
-        probe = subprocess.run([str(python), "-c", probe_code], capture_output=True, text=True)
+        probe = subprocess.run([str(python), "-c", probe_code], capture_output=True, text=True, env=_venv_env(),
+                               cwd=venv)
         if probe.returncode == 0 and probe.stdout.strip() == __version__:
             report.unchanged.append(str(venv))
             return
@@ -278,12 +279,19 @@ def _ensure_venv(venv: Path, opts: InstallOptions, report: Report) -> None:
         report.journal.append(("remove", venv))
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     spec = pip_spec(opts.package, opts.runtime)
-    result = subprocess.run([str(python), "-m", "pip", "install", "-q", spec], capture_output=True, text=True)
+    result = subprocess.run([str(python), "-m", "pip", "install", "-q", spec], capture_output=True, text=True,
+                            env=_venv_env(), cwd=venv)
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
         hint = f"; {WHEEL_HINT}" if not opts.package else ""
         raise InstallError(f"pip could not install {spec} into {venv}: {last}{hint}")
     report.changed.append(str(venv))
+
+
+def _venv_env() -> dict[str, str]:
+    """The venv sees only itself: an inherited PYTHONPATH (or a checkout as the working directory) would make
+    pip and the probe find another copy of the package and skip the install."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
 
 
 def pip_spec(package: str | None, runtime: str) -> str:
