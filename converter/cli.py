@@ -124,7 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--clips-per-class", type=int, default=10, help="default 10")
     synth.add_argument("--seed", type=int, default=0, help="default 0")
     synth.add_argument("--size", type=_size, default=(96, 72), help="WIDTHxHEIGHT (default 96x72)")
-    synth.add_argument("--frames-per-clip", type=_ints, default=[30, 40], help="MIN,MAX frames per clip (default 30,40)")
+    synth.add_argument("--frames-per-clip", type=_ints, default=[30, 40],
+                       help="MIN,MAX frames per clip (default 30,40)")
 
     train = sub.add_parser("train", help="train on one or more datasets (one folder of videos per class each)")
     _model_args(train)

@@ -35,6 +35,7 @@ unreadable, broker unreachable), 2 bad usage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -164,10 +165,8 @@ class Consumer:
         if self.args.json:
             value: Any = text
             if kind == "status" and len(parts) >= 4:
-                try:
+                with contextlib.suppress(ValueError):
                     value = json.loads(text)
-                except ValueError:
-                    pass
             line = json.dumps({"state": kind, "topic": topic, "value": value, "retained": retained},
                               separators=(",", ":"))
         else:

@@ -5,8 +5,9 @@ schemas.py (MQTT_AVAILABILITY_SCHEMA, MQTT_ENTITY_DEVICE_INFO_SCHEMA, MQTT_ORIGI
 MQTT_ENTITY_COMMON_SCHEMA), config.py (MQTT_BASE_SCHEMA, MQTT_RO_SCHEMA), binary_sensor.py and
 sensor.py (the platform schemas), discovery.py (TOPIC_MATCHER). ``default_entity_id`` replaced
 ``object_id`` in Home Assistant 2025.10; versions before it drop ``default_entity_id`` silently, so
-``object_id`` (the same id without the platform) is sent beside it, read up to 2026.3. Templates are rendered with Jinja2 the way Home Assistant renders them
-(``value`` is the payload, ``value_json`` the parsed JSON).
+``object_id`` (the same id without the platform) is sent beside it, read up to 2026.3. Templates are
+rendered with Jinja2 the way Home Assistant renders them (``value`` is the payload, ``value_json`` the
+parsed JSON).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ AVAILABILITY = {"availability_topic", "availability_template", "payload_availabl
                 "availability_mode", "availability"}
 AVAILABILITY_ITEM = {"topic", "payload_available", "payload_not_available", "value_template"}
 COMMON = AVAILABILITY | {"device", "origin", "enabled_by_default", "entity_category", "entity_picture", "icon",
-                         "json_attributes_topic", "json_attributes_template", "default_entity_id", "object_id", "unique_id"}
+                         "json_attributes_topic", "json_attributes_template", "default_entity_id", "object_id",
+                         "unique_id"}
 RO = {"qos", "encoding", "state_topic", "value_template"}
 PLATFORM_KEYS = {
     "binary_sensor": COMMON | RO | {"device_class", "expire_after", "force_update", "name", "off_delay",

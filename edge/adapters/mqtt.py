@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-from datetime import datetime, timezone
 import logging
 import socket
 import ssl
 import threading
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 import paho.mqtt.client as mqtt

@@ -12,8 +12,8 @@ when looping) and a wall time of "when playback started + position", so a file r
 the same events as one played in real time. Read faster than real time (``realtime = false``:
 ``run --fast``, ``demo``, ``replay``), the file is anchored so that its last frame is at the moment
 reading started (as if it had just been recorded), and a wall time is never later than the clock
-(a looped or unmeasured file is clamped to now): no event time lies in the future. A live frame carries ``time.monotonic()`` and the UTC
-time it was read.
+(a looped or unmeasured file is clamped to now): no event time lies in the future. A live frame
+carries ``time.monotonic()`` and the UTC time it was read.
 """
 
 from __future__ import annotations

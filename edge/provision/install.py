@@ -32,7 +32,8 @@ CREDENTIAL_NAMES = ("mqtt-password", "mqtt-key")
 # The module each --runtime installs, probed in the venv so a re-run installs a missing runtime.
 RUNTIME_MODULES = {"litert": "ai_edge_litert", "tflite": "tflite_runtime"}
 WHEEL_HINT = ("rclstm-edge is not on a public index: build a wheel from the checkout (python -m pip wheel "
-              "--no-deps -w dist .), copy it to the device and pass --package dist/rclstm_edge-VERSION-py3-none-any.whl")
+              "--no-deps -w dist .), copy it to the device and pass "
+              "--package dist/rclstm_edge-VERSION-py3-none-any.whl")
 
 
 class InstallError(UsageError):
