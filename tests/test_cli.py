@@ -146,3 +146,26 @@ def test_version_and_help_texts() -> None:
     install = " ".join(rclstm("install", "--help").stdout.split())
     for text in ("this device's id", "the store or site this device is in", "MQTT username", "a wheel built"):
         assert text in install, install
+
+
+def test_a_bundle_near_chance_is_named_by_check_and_run(tmp_path: Path) -> None:
+    import shutil
+
+    bundle = tmp_path / "coin"
+    shutil.copytree(ROOT / "edge/models/demo-synth", bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for metrics in manifest["metrics"].values():
+        metrics["accuracy"] = 0.5
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    video = tmp_path / "calm.mp4"
+    write_stream(video, [("calm", 3.0)], fps=25)
+    config = tmp_path / "config.toml"
+    config.write_text(f'site = "s"\n[model]\nbundle = "{bundle}"\n[[cameras]]\nid = "c"\nsource = "{video}"\n')
+    check = rclstm("check", "--config", str(config))
+    assert check.returncode == 0, check.stdout + check.stderr
+    expected = (f"WARN model: bundle demo-synth {manifest['version']} records accuracy 0.50 on its held-out clips, "
+                "about chance (0.50)")
+    assert any(line.startswith(expected) for line in check.stdout.splitlines()), check.stdout
+    run = rclstm("run", "--config", str(config), "--fast")
+    assert run.returncode == 0, run.stderr
+    assert "records accuracy 0.50 on its held-out clips, about chance" in run.stderr

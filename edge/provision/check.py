@@ -99,6 +99,8 @@ def _check_model(config: Config, frame: np.ndarray | None) -> tuple[bool, str, s
     elapsed_ms = (time.perf_counter() - began) * 1000
     if probs.shape != (len(model.manifest.labels),) or not np.all(np.isfinite(probs)):
         return False, item, f"classifying one window gave {probs!r}; the bundle is broken, convert it again"
+    if warning := model.manifest.chance_warning():
+        print(f"WARN model: {warning}", flush=True)
     source = "a camera frame" if frame is not None else "a blank frame (no camera delivered one)"
     top = model.manifest.labels[int(np.argmax(probs))]
     return True, item, (f"{model.manifest.name} {model.manifest.version} on {model.runtime.name} "
