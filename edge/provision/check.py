@@ -25,32 +25,6 @@ def _line(ok: bool, item: str, reason: str) -> bool:
     return ok
 
 
-def run_checks(path: Path) -> int:
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            _line(False, "config", problem)
-        return EXIT_USAGE
-    results = [_line(True, "config", f"{path} is valid ({len(config.cameras)} camera(s))")]
-    warning = secret_exposure_warning(path, config.mqtt)
-    if warning:
-        print(f"WARN config: {warning}", flush=True)
-    if "site" not in config.model_fields_set:
-        print('WARN config: site is not set, so every event says site "default"; set site = "STORE" '
-              "(install --site sets it)", flush=True)
-    frame = None
-    for camera in config.cameras:
-        with _native_stderr_quiet():
-            ok, reason, image = _check_camera(camera, config.cameras)
-        results.append(_line(ok, f"camera {camera.id}", reason))
-        frame = image if frame is None else frame
-    results.append(_line(*_check_model(config, frame)))
-    results.append(_line(*_check_broker(config)))
-    results.append(_line(*_check_state_dir(config)))
-    return EXIT_OK if all(results) else EXIT_FAIL
-
-
 @contextlib.contextmanager
 def _native_stderr_quiet() -> Iterator[None]:
     """OpenCV and FFmpeg print their own lines ("[tcp @ 0x...] ...", "[ WARN:0@0.02] global cap.cpp ...")
@@ -68,10 +42,38 @@ def _native_stderr_quiet() -> Iterator[None]:
         os.close(devnull)
 
 
-def _check_camera(camera, cameras) -> tuple[bool, str, np.ndarray | None]:  # type: ignore[no-untyped-def]
-    from edge.adapters.sources import SourceError, read_one, set_v4l2_select_timeout
+def run_checks(path: Path) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            _line(False, "config", problem)
+        return EXIT_USAGE
+    results = [_line(True, "config", f"{path} is valid ({len(config.cameras)} camera(s))")]
+    warning = secret_exposure_warning(path, config.mqtt)
+    if warning:
+        print(f"WARN config: {warning}", flush=True)
+    if "site" not in config.model_fields_set:
+        print('WARN config: site is not set, so every event says site "default"; set site = "STORE" '
+              "(install --site sets it)", flush=True)
+    from edge.adapters.sources import set_v4l2_select_timeout
 
-    set_v4l2_select_timeout(cameras)
+    set_v4l2_select_timeout(config.cameras)
+    frame = None
+    for camera in config.cameras:
+        with _native_stderr_quiet():
+            ok, reason, image = _check_camera(camera)
+        results.append(_line(ok, f"camera {camera.id}", reason))
+        frame = image if frame is None else frame
+    results.append(_line(*_check_model(config, frame)))
+    results.append(_line(*_check_broker(config)))
+    results.append(_line(*_check_state_dir(config)))
+    return EXIT_OK if all(results) else EXIT_FAIL
+
+
+def _check_camera(camera) -> tuple[bool, str, np.ndarray | None]:  # type: ignore[no-untyped-def]
+    from edge.adapters.sources import SourceError, read_one
+
     try:
         frame = read_one(camera, camera.open_timeout_s)
     except SourceError as exc:
@@ -123,24 +125,35 @@ def _check_broker(config: Config) -> tuple[bool, str, str]:
 
 
 def _check_state_dir(config: Config) -> tuple[bool, str, str]:
-    from edge.adapters.outbox import OUTBOX_NAME, Outbox
+    from edge.adapters.outbox import OUTBOX_NAME, Outbox, usable_state_dir
 
     item = "state_dir"
     if config.mqtt.url is None:
         return True, item, "not needed without a broker"
-    # The configured directory itself: the daemon's per-user fallback is for a development machine.
-    directory = config.state_dir
+    problem = _unwritable(config.state_dir)
+    if problem:
+        return False, item, problem
+    try:
+        directory = usable_state_dir(config.state_dir)
+        box = Outbox(directory / OUTBOX_NAME, config.outbox.max_rows, config.outbox.max_bytes)
+    except OSError as exc:
+        return False, item, str(exc)
+    depth = box.depth()
+    box.close()
+    return True, item, f"outbox {directory / OUTBOX_NAME} opens ({depth} message(s) waiting)"
+
+
+def _unwritable(directory: Path) -> str | None:
+    """Why the configured state_dir itself cannot hold the outbox; check never takes the daemon's
+    per-user fallback (that is for a development machine), so a path like /proc/rclstm fails here."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
         if not os.access(directory, os.W_OK | os.X_OK):
             raise PermissionError(13, "Permission denied")
-        box = Outbox(directory / OUTBOX_NAME, config.outbox.max_rows, config.outbox.max_bytes)
     except OSError as exc:
-        return False, item, (f"state_dir {directory} is not writable ({exc.strerror or exc}); set state_dir to a "
-                             "directory the service user owns (install creates /var/lib/rclstm-edge)")
-    depth = box.depth()
-    box.close()
-    return True, item, f"outbox {directory / OUTBOX_NAME} opens ({depth} message(s) waiting)"
+        return (f"state_dir {directory} is not writable ({exc.strerror or exc}); set state_dir to a directory the "
+                "service user owns (install creates /var/lib/rclstm-edge)")
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -29,11 +29,6 @@ STATE = Path("var/lib/rclstm-edge")
 OPT = Path("opt/rclstm-edge")
 UNIT_PATH = Path("etc/systemd/system") / UNIT_NAME
 CREDENTIAL_NAMES = ("mqtt-password", "mqtt-key")
-# The module each --runtime installs, probed in the venv so a re-run installs a missing runtime.
-RUNTIME_MODULES = {"litert": "ai_edge_litert", "tflite": "tflite_runtime"}
-WHEEL_HINT = ("rclstm-edge is not on a public index: build a wheel from the checkout (python -m pip wheel "
-              "--no-deps -w dist .), copy it to the device and pass "
-              "--package dist/rclstm_edge-VERSION-py3-none-any.whl")
 
 
 class InstallError(UsageError):
@@ -260,6 +255,13 @@ def _ensure_user(report: Report) -> None:
     )
     report.changed.append(f"user {USER}")
     report.journal.append(("userdel", USER))
+
+
+# The module each --runtime installs, probed in the venv so a re-run installs a missing runtime.
+RUNTIME_MODULES = {"litert": "ai_edge_litert", "tflite": "tflite_runtime"}
+WHEEL_HINT = ("rclstm-edge is not on a public index: build a wheel from the checkout (python -m pip wheel "
+              "--no-deps -w dist .), copy it to the device and pass "
+              "--package dist/rclstm_edge-VERSION-py3-none-any.whl")
 
 
 def _ensure_venv(venv: Path, opts: InstallOptions, report: Report) -> None:
