@@ -257,11 +257,12 @@ def apply_flags(config: Config, args: argparse.Namespace) -> Config:
     return override(config, changes)
 
 
-def _missing_files(config: Config) -> None:
-    """A file source that does not exist will not appear (a camera that is unplugged may): a usage error."""
-    for camera in config.cameras:
-        if camera.resolved_kind() == "file" and not Path(str(camera.source)).is_file():
-            raise UsageError(f"camera {camera.id}: {camera.source}: no such file; check the path")
+def _missing_file(config: Config, source: str | None) -> None:
+    """``--source PATH`` that does not exist will not appear (a camera that is unplugged may): a usage error.
+    A config file's cameras keep the daemon's rule: a source that cannot be opened is retried."""
+    camera = config.cameras[0]
+    if source is not None and camera.resolved_kind() == "file" and not Path(str(camera.source)).exists():
+        raise UsageError(f"camera {camera.id}: {camera.source}: no such file; check the path")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -269,7 +270,7 @@ def _run(args: argparse.Namespace) -> int:
     from edge.core.config import load_config, secret_exposure_warning
 
     config = apply_flags(load_config(args.config), args)
-    _missing_files(config)
+    _missing_file(config, args.source)
     logs.setup(config.log_level)
     warning = secret_exposure_warning(args.config, config.mqtt)
     if warning:
