@@ -120,15 +120,19 @@ def _train_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from edge import __version__
+
     parser = argparse.ArgumentParser(prog=PROG, description="Train, evaluate and convert RCLSTM video classifiers.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     synth = sub.add_parser("synth", help="write a small generated dataset (calm/ and fight/ clips)")
-    synth.add_argument("out_dir", type=Path)
-    synth.add_argument("--clips-per-class", type=int, default=10)
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("out_dir", type=Path, help="folder to write calm/ and fight/ into")
+    synth.add_argument("--clips-per-class", type=int, default=10, help="default 10")
+    synth.add_argument("--seed", type=int, default=0, help="default 0")
     synth.add_argument("--size", type=_size, default=(96, 72), help="WIDTHxHEIGHT (default 96x72)")
-    synth.add_argument("--frames-per-clip", type=_ints, default=[30, 40], help="MIN,MAX frames per clip")
+    synth.add_argument("--frames-per-clip", type=_ints, default=[30, 40],
+                       help="MIN,MAX frames per clip (default 30,40)")
 
     train = sub.add_parser("train", help="train on one or more datasets (one folder of videos per class each)")
     _model_args(train)
@@ -160,21 +164,23 @@ def _parser() -> argparse.ArgumentParser:
                           help="dataset folder(s), PATH or NAME=PATH as in train (a run's held-out clips are found by "
                                "source name, the folder's name by default)")
     evaluate.add_argument("--run", type=Path, help="run directory whose held-out clips to use")
-    evaluate.add_argument("--json", action="store_true")
-    evaluate.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    evaluate.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
+                          help=f"decoded-frame cache (default {DEFAULT_CACHE})")
 
     convert = sub.add_parser("convert", help="quantize a .keras/.h5 model into a verified TFLite bundle")
     convert.add_argument("model", type=Path)
-    convert.add_argument("--out", type=Path, required=True)
+    convert.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     convert.add_argument("--quantize", choices=QUANTIZATIONS, default="float32",
-                         help="default float32 (dynamic is the shipped model's)")
+                         help="dynamic = int8 weights, float activations, the shipped model's (default float32)")
     convert.add_argument("--calibration", type=Path, help="DATA_DIR of clips for int8 calibration")
     convert.add_argument("--data", type=Path, help="DATA_DIR for parity windows (default: the run's test clips)")
-    convert.add_argument("--anomaly-classes", type=_names)
+    convert.add_argument("--anomaly-classes", type=_names,
+                         help="labels that count as Anomaly (default: the run's, from run.json)")
     convert.add_argument("--representation", choices=REPRESENTATIONS, help="only for models without run.json")
     convert.add_argument("--force", action="store_true", help="keep a bundle that fails a parity gate")
-    convert.add_argument("--name")
-    convert.add_argument("--version", default="1")
+    convert.add_argument("--name", help="bundle name in the manifest (default: derived from --out)")
+    convert.add_argument("--version", default="1", help="bundle version in the manifest (default 1)")
     convert.add_argument("--verify-python", type=Path,
                          help="python with tflite-runtime to verify in (default $RCLSTM_TFLITE_PYTHON)")
     convert.add_argument("--whole-window", action="store_true",
@@ -188,7 +194,8 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--licence", type=_licence, action="append", default=[], metavar="SOURCE=TERMS",
                          help="the terms a training source's clips are used under, for the manifest's data list "
                               "(repeatable; default: 'not stated')")
-    convert.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    convert.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
+                         help=f"decoded-frame cache (default {DEFAULT_CACHE})")
 
     inspect = sub.add_parser("inspect", help="summarize a bundle: manifest, ops, runtimes, metrics")
     inspect.add_argument("bundle", type=Path)
@@ -250,9 +257,28 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Missing files and unusable data folders, found before TensorFlow loads (it takes ~10 s); raises DataError."""
+    from converter.dataset import scan
+
+    if args.command in ("train", "crosseval"):
+        class_map = parse_class_map(args.class_map)
+        for source in _sources(args.data):
+            scan(source, args.classes, class_map)
+    elif args.command == "evaluate":
+        _sources(args.data)
+    if args.command in ("evaluate", "convert") and not args.model.exists():
+        raise DataError(f"{args.model}: model file not found; pass a .keras/.h5 file or a bundle directory")
+    for flag in ("calibration", "data", "run"):
+        path = getattr(args, flag, None) if args.command in ("convert", "evaluate") else None
+        if isinstance(path, Path) and not path.exists():
+            raise DataError(f"--{flag} {path}: not found")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        _check_inputs(args)
         return _run(args)
     except (DataError, BundleError, RuntimeMissing, ValueError, OSError) as exc:
         print(f"{PROG} {args.command}: {exc}", file=sys.stderr)

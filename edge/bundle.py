@@ -196,6 +196,18 @@ class Manifest(_Strict):
             raise ValueError(f"model_file {self.model_file!r} must be a plain file name inside the bundle")
         return self
 
+    def chance_warning(self, margin: float = 0.05) -> str | None:
+        """A sentence when the recorded held-out accuracy of the bundle is within ``margin`` of chance."""
+        metrics = self.metrics.get("bundle") or self.metrics.get("keras")
+        if metrics is None:
+            return None
+        # The binary view scores Normal vs Anomaly; otherwise chance is one in the number of labels.
+        chance = 0.5 if metrics.view == "binary" else 1.0 / len(self.labels)
+        if metrics.accuracy > chance + margin:
+            return None
+        return (f"bundle {self.name} {self.version} records accuracy {metrics.accuracy:.2f} on its held-out clips, "
+                f"about chance ({chance:.2f}): its alerts are no better than guessing; retrain it or use 'builtin'")
+
     @property
     def streaming(self) -> bool:
         """True when frames can be encoded once and windows classified from cached features."""

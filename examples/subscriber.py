@@ -10,12 +10,24 @@ across its own restarts too, and handles each message once.
     python examples/subscriber.py --broker mqtts://broker:8883 --ca ca.crt --username backend \\
         --password-env MQTT_PASSWORD --share alerts --store events.db --json
 
+With ``--client-id ID`` it keeps a persistent session (MQTT 5: clean start off, a session expiry
+interval of ``--session-expiry`` seconds, one day by default, QoS 1): the broker queues the events
+published while it is down and delivers them when it comes back with the same id. Without a client
+id the session is clean and anything published meanwhile is missed.
+
+Beside the events it shows the device's state from the same prefix (unless ``--no-status``): the
+retained ``{prefix}/{device}/status`` (``online``, ``stopped``, or the broker's Will ``offline``),
+each camera's retained ``status`` (JSON: online, reason, since) and ``anomaly`` (``ON`` / ``OFF``),
+as ``state ...`` lines (with ``--json``, one JSON object per line with ``"state"`` and ``"topic"``).
+Events and state lines go to stdout; duplicates, invalid messages and the summary to stderr.
+
 With ``--share GROUP`` it subscribes to ``$share/GROUP/<topic>`` (MQTT 5 shared subscription):
 run several copies with the same group and the broker hands each message to one of them. Give
 them the same ``--store`` file (SQLite serialises the writers) so a redelivery that lands on
 another member is still recognised.
 
-Needs paho-mqtt 2.x and, for validation, jsonschema (``--no-validate`` to run without it).
+Needs paho-mqtt 2.x and, for validation, jsonschema (``--no-validate`` to run without it):
+``pip install 'paho-mqtt>=2' jsonschema``, or ``pip install '.[subscriber]'`` from the checkout.
 Exit codes: 0 stopped by SIGINT/SIGTERM or --max-events reached, 1 cannot run (jsonschema missing, schema
 unreadable, broker unreachable), 2 bad usage.
 """
@@ -23,6 +35,7 @@ unreadable, broker unreachable), 2 bad usage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -35,10 +48,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 DEFAULT_TOPIC = "rclstm/+/+/events"
 DEFAULT_SCHEMA = Path(__file__).resolve().parents[1] / "docs" / "schemas" / "event.json"
 MEMORY_KEYS = 100_000
+SESSION_EXPIRY_S = 86_400
 
 Key = tuple[str, str, int]
 
@@ -140,6 +156,32 @@ class Consumer:
             if self.args.max_events and self.counts["new"] >= self.args.max_events:
                 self.done.set()
 
+    def handle_state(self, topic: str, payload: bytes, retained: bool) -> None:
+        """A device or camera state message: one line, never counted as an event."""
+        text = payload.decode("utf-8", "replace")
+        parts = topic.split("/")
+        kind = parts[-1]
+        where = "/".join(parts[1:-1])
+        if self.args.json:
+            value: Any = text
+            if kind == "status" and len(parts) >= 4:
+                with contextlib.suppress(ValueError):
+                    value = json.loads(text)
+            line = json.dumps({"state": kind, "topic": topic, "value": value, "retained": retained},
+                              separators=(",", ":"))
+        else:
+            if kind == "status" and len(parts) >= 4:
+                try:
+                    status = json.loads(text)
+                    text = (f"{'online' if status.get('online') else 'offline'} ({status.get('reason')}) "
+                            f"since {status.get('since')}")
+                except (ValueError, AttributeError):
+                    pass
+            label = {"status": "device" if len(parts) == 3 else "camera", "anomaly": "anomaly"}.get(kind, kind)
+            line = f"state {label} {where} {text}" + (" (retained)" if retained else "")
+        with self._lock:
+            print(line, flush=True)
+
     def summary(self) -> str:
         return " ".join(f"{name}={count}" for name, count in self.counts.items())
 
@@ -152,7 +194,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--username")
     parser.add_argument("--password-env", metavar="VAR", help="environment variable holding the password")
     parser.add_argument("--ca", type=Path, help="CA certificate for mqtts://")
-    parser.add_argument("--client-id", default="", help="client id (default: random, clean start)")
+    parser.add_argument("--client-id", default="",
+                        help="client id; given, the session is persistent (clean start off, --session-expiry) so "
+                             "events published while this consumer is down are delivered when it is back "
+                             "(default: random id, clean start, nothing queued)")
+    parser.add_argument("--session-expiry", type=int, default=SESSION_EXPIRY_S, metavar="S",
+                        help=f"with --client-id: how long the broker keeps the session and its queued events "
+                             f"after a disconnect (default {SESSION_EXPIRY_S} s)")
+    parser.add_argument("--no-status", action="store_true",
+                        help="do not show device status (Will), camera status and anomaly state")
     parser.add_argument("--schema", type=Path, default=DEFAULT_SCHEMA, help="event JSON Schema")
     parser.add_argument("--no-validate", action="store_true", help="skip JSON Schema validation")
     parser.add_argument("--store", type=Path, metavar="FILE", help="SQLite file: store events, dedupe across restarts")
@@ -164,9 +214,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--broker {args.broker!r}: must look like mqtt://host:1883 or mqtts://host:8883")
     if args.share and ("/" in args.share or "+" in args.share or "#" in args.share):
         parser.error(f"--share {args.share!r}: a group name must not contain '/', '+' or '#'")
+    if args.session_expiry < 0:
+        parser.error(f"--session-expiry {args.session_expiry}: must be 0 or more seconds")
     if args.password_env and args.password_env not in os.environ:
         parser.error(f"--password-env {args.password_env}: that variable is not set")
     return args
+
+
+def state_topics(events_topic: str) -> list[str]:
+    """The status / anomaly topics beside an events filter ``PREFIX/DEVICE/CAMERA/events``; none otherwise."""
+    parts = events_topic.split("/")
+    if len(parts) != 4 or parts[3] != "events" or "#" in events_topic:
+        return []
+    prefix, device, camera = parts[:3]
+    return [f"{prefix}/{device}/status", f"{prefix}/{device}/{camera}/status", f"{prefix}/{device}/{camera}/anomaly"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     consumer = Consumer(args, seen, validator)
     url = urlsplit(args.broker)
     topic = f"$share/{args.share}/{args.topic}" if args.share else args.topic
+    # State topics are never shared: every member of a group wants availability, and a shared
+    # subscription gets no retained messages.
+    states = [] if args.no_status else state_topics(args.topic)
+    persistent = bool(args.client_id)
 
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=args.client_id, protocol=mqtt.MQTTv5)
     if args.username:
@@ -187,21 +252,34 @@ def main(argv: list[str] | None = None) -> int:
         if reason.is_failure:
             print(f"broker refused the connection: {reason}", file=sys.stderr, flush=True)
             return
-        c.subscribe(topic, qos=1)  # again after every reconnect: a clean session forgets subscriptions
+        # Again after every reconnect (a clean session forgets subscriptions; in a kept one it is a no-op).
+        c.subscribe([(topic, 1), *((state, 1) for state in states)])
 
     def on_subscribe(c: mqtt.Client, userdata: Any, mid: int, reasons: list[Any], properties: Any) -> None:
         if any(r.is_failure for r in reasons):
             print(f"subscription to {topic} refused: {reasons[0]}", file=sys.stderr, flush=True)
         else:
-            print(f"subscribed to {topic}", file=sys.stderr, flush=True)
+            print(f"subscribed to {', '.join([topic, *states])}", file=sys.stderr, flush=True)
 
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
-    client.on_message = lambda c, u, msg: consumer.handle(msg.topic, msg.payload)
+
+    def on_message(c: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic.endswith("/events"):
+            consumer.handle(msg.topic, msg.payload)
+        else:
+            consumer.handle_state(msg.topic, msg.payload, bool(msg.retain))
+
+    client.on_message = on_message
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: consumer.done.set())
     try:
-        client.connect(url.hostname or "", url.port or (8883 if url.scheme == "mqtts" else 1883))
+        properties = None
+        if persistent:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = args.session_expiry
+        client.connect(url.hostname or "", url.port or (8883 if url.scheme == "mqtts" else 1883),
+                       clean_start=not persistent, properties=properties)
     except OSError as exc:
         print(f"error: cannot connect to {args.broker}: {exc}", file=sys.stderr)
         return 1

@@ -57,6 +57,7 @@ class Broker:
     tls: TlsFiles | None = None
     persistence: bool = False
     host: str = "127.0.0.1"
+    extra: tuple[str, ...] = ()  # more mosquitto.conf lines, e.g. a bridge to another broker
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -98,6 +99,7 @@ class Broker:
                 f"keyfile {self.tls.server_key}",
                 "require_certificate false",
             ]
+        lines += self.extra
         conf = self.workdir / "mosquitto.conf"
         conf.write_text("\n".join(lines) + "\n")
         return conf

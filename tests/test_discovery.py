@@ -4,9 +4,10 @@ The allowed keys below are transcribed from home-assistant/core, homeassistant/c
 schemas.py (MQTT_AVAILABILITY_SCHEMA, MQTT_ENTITY_DEVICE_INFO_SCHEMA, MQTT_ORIGIN_INFO_SCHEMA,
 MQTT_ENTITY_COMMON_SCHEMA), config.py (MQTT_BASE_SCHEMA, MQTT_RO_SCHEMA), binary_sensor.py and
 sensor.py (the platform schemas), discovery.py (TOPIC_MATCHER). ``default_entity_id`` replaced
-``object_id`` in Home Assistant 2025.10 (``object_id`` is refused from 2026.4), so it is allowed and
-``object_id`` is not. Templates are rendered with Jinja2 the way Home Assistant renders them
-(``value`` is the payload, ``value_json`` the parsed JSON).
+``object_id`` in Home Assistant 2025.10; versions before it drop ``default_entity_id`` silently, so
+``object_id`` (the same id without the platform) is sent beside it, read up to 2026.3. Templates are
+rendered with Jinja2 the way Home Assistant renders them (``value`` is the payload, ``value_json`` the
+parsed JSON).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ AVAILABILITY = {"availability_topic", "availability_template", "payload_availabl
                 "availability_mode", "availability"}
 AVAILABILITY_ITEM = {"topic", "payload_available", "payload_not_available", "value_template"}
 COMMON = AVAILABILITY | {"device", "origin", "enabled_by_default", "entity_category", "entity_picture", "icon",
-                         "json_attributes_topic", "json_attributes_template", "default_entity_id", "unique_id"}
+                         "json_attributes_topic", "json_attributes_template", "default_entity_id", "object_id",
+                         "unique_id"}
 RO = {"qos", "encoding", "state_topic", "value_template"}
 PLATFORM_KEYS = {
     "binary_sensor": COMMON | RO | {"device_class", "expire_after", "force_update", "name", "off_delay",
@@ -104,7 +106,7 @@ def test_daemon_announces_cameras_to_home_assistant(mosquitto_broker, subscriber
         by_platform[platform] = config
         unknown = set(config) - PLATFORM_KEYS[platform]
         assert not unknown, f"{platform}: keys Home Assistant does not know: {unknown}"
-        assert "object_id" not in config
+        assert config["object_id"] == config["default_entity_id"].split(".", 1)[1]  # same id, every version
         assert config["default_entity_id"].startswith(f"{platform}.")
         assert re.fullmatch(r"[a-z0-9_]+\.[a-z0-9_]+", config["default_entity_id"])
         assert set(config["device"]) <= DEVICE_KEYS and config["device"]["identifiers"]

@@ -150,6 +150,7 @@ def missing_signature(bundle: Path) -> None:
 def test_damaged_bundle_stops_run_with_one_line(tmp_path: Path, damage: Any, expected: str) -> None:
     bundle = copy_bundle(tmp_path)
     damage(bundle)
+    (tmp_path / "none.mp4").write_bytes(b"")  # exists: the bundle is what fails
     proc = subprocess.run([sys.executable, "-m", "edge", "run", "--model", str(bundle), "--source",
                            str(tmp_path / "none.mp4"), "--fast"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     print(proc.stderr.strip())

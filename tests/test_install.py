@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from edge.core.config import load_config
-from edge.provision.install import InstallError, InstallOptions, install, render_config, uninstall, unit_text
+from edge.provision.install import (
+    InstallError,
+    InstallOptions,
+    install,
+    pip_spec,
+    render_config,
+    uninstall,
+    unit_text,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -136,6 +144,10 @@ def test_install_creates_a_venv_with_this_package(tmp_path: Path) -> None:
     os.environ["PIP_NO_DEPS"] = "1"
     try:
         first = install(options(root, create_venv=True, package=str(REPO)))
+        # PIP_NO_DEPS leaves the runtime out (it would need the network): a stand-in module plays the
+        # installed runtime, which the re-run probes for beside the version.
+        site = next((root / "opt/rclstm-edge/venv/lib").glob("python3*/site-packages"))
+        (site / "ai_edge_litert.py").write_text("")
         second = install(options(root, create_venv=True, package=str(REPO)))
     finally:
         if env_before is None:
@@ -158,6 +170,35 @@ def test_install_creates_a_venv_with_this_package(tmp_path: Path) -> None:
     )
     assert out.stdout.split() == [__import__("edge").__version__, "True"]
     assert sys.executable != str(venv_python)
+
+
+def test_package_spec_carries_the_runtime(tmp_path: Path) -> None:
+    wheel = tmp_path / "rclstm_edge-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"")
+    assert pip_spec(str(wheel), "tflite") == f"rclstm-edge[tflite] @ {wheel.resolve().as_uri()}"
+    assert pip_spec(str(REPO), "litert") == f"rclstm-edge[litert] @ {REPO.as_uri()}"
+    assert pip_spec("rclstm-edge==0.1.0", "litert") == "rclstm-edge==0.1.0"
+    assert pip_spec(None, "tflite") == f"rclstm-edge[tflite]=={__import__('edge').__version__}"
+
+
+@pytest.mark.slow
+def test_failed_install_leaves_nothing_behind(tmp_path: Path) -> None:
+    """pip fails (a broken wheel) after config, credentials and unit were written: all of it is taken back."""
+    root = tmp_path / "root"
+    broken = tmp_path / "rclstm_edge-0.1.0-py3-none-any.whl"
+    broken.write_bytes(b"not a zip")
+    with pytest.raises(InstallError) as err:
+        install(options(root, create_venv=True, package=str(broken)))
+    assert "pip could not install" in str(err.value) and "nothing is left behind" in str(err.value)
+    assert not root.exists(), sorted(root.rglob("*"))
+
+    # Over an earlier good install, the files it replaced come back as they were.
+    install(options(root))
+    before = snapshot(root)
+    with pytest.raises(InstallError):
+        install(options(root, site="store-13", create_venv=True, package=str(broken)))
+    assert snapshot(root) == before
+    assert not (root / "opt/rclstm-edge/venv").exists()
 
 
 def test_cli_install_reads_the_password_from_stdin_and_reports_changes(tmp_path: Path) -> None:
@@ -190,3 +231,27 @@ def test_cli_install_reads_the_password_from_stdin_and_reports_changes(tmp_path:
     assert "0 changed" in second.stdout
     bad = subprocess.run([*args[:-1], "--camera", ""], input="", capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "cameras.1.source" in bad.stderr
+
+
+@pytest.mark.slow
+def test_documented_wheel_installs_with_install_package(tmp_path: Path) -> None:
+    """docs/install.md's way onto a device: a wheel built from the checkout, given to install --package."""
+    build = "python3 -m pip wheel --no-deps -w dist ."
+    assert build in (REPO / "docs/install.md").read_text()
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(REPO)],
+                   check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = dist.glob("rclstm_edge-*-py3-none-any.whl")
+    root = tmp_path / "root"
+    done = subprocess.run(
+        [sys.executable, "-m", "edge", "install", "--root", str(root), "--package", str(wheel), "--runtime", "tflite",
+         "--device-id", "pi-9", "--site", "s9", "--camera", "door=rtsp://cam/stream"],
+        capture_output=True, text=True, env={**os.environ, "PIP_NO_DEPS": "1"},  # offline: the wheel alone
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    venv_python = root / "opt/rclstm-edge/venv/bin/python"
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the venv's own copy, not the checkout
+    probe = subprocess.run([str(venv_python), "-c", "import edge; print(edge.__version__, edge.__file__)"],
+                           capture_output=True, text=True, check=True, env=clean, cwd=tmp_path)
+    version, location = probe.stdout.split()
+    assert version == __import__("edge").__version__ and location.startswith(str(root / "opt/rclstm-edge/venv"))

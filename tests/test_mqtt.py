@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 from edge.adapters.mqtt import Publisher, check_broker
 from edge.adapters.outbox import Outbox
 from edge.core.config import ConfigError, MqttConfig
+from edge.core.messages import UTC_PATTERN
 from testbed.broker import PASSWORD, USERNAME, Broker
 
 
@@ -176,6 +179,9 @@ def test_check_broker_passes_and_fails_with_reasons(mosquitto_auth_broker, subsc
     ok, reason = check_broker(cfg, "dev1", PASSWORD)
     assert ok, reason
     assert sub.wait_for(lambda msgs: len(msgs) == 1)
+    message = json.loads(sub.messages[0].payload)
+    assert message["device_id"] == "dev1"
+    assert re.fullmatch(UTC_PATTERN, message["check_at"]), message  # ISO 8601 like every other time
     ok, reason = check_broker(cfg, "dev1", "nope")
     assert not ok and "refused" in reason
     ok, reason = check_broker(MqttConfig(url=f"mqtt://127.0.0.1:{mosquitto_auth_broker.port + 1}"), "dev1", None)

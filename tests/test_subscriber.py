@@ -110,7 +110,7 @@ def test_each_event_printed_once_valid_and_redeliveries_recognised(mosquitto_bro
     run_daemon(mosquitto_broker, fight, state)
     assert first.wait_for(lambda: any('"type":"end"' in line for line in first.out)), first.err
     assert first.stop() == 0
-    events = [json.loads(line) for line in first.out]
+    events = [e for e in map(json.loads, first.out) if "event_id" in e]
     kinds = [e["type"] for e in events]
     assert kinds.count("start") == 1 and kinds.count("end") == 1, kinds
     assert kinds[0] == "start" and kinds[-1] == "end"
@@ -134,7 +134,7 @@ def test_each_event_printed_once_valid_and_redeliveries_recognised(mosquitto_bro
     _publish(mosquitto_broker, f"rclstm/{DEVICE}/cam0/events", b'{"schema_version": 1, "type": "start"}')
     assert second.wait_for(lambda: any(line.startswith("invalid message") for line in second.err)), second.err
     assert second.stop() == 0
-    assert second.out == [], "a redelivered event was printed again"
+    assert [line for line in second.out if not line.startswith("state ")] == [], "a redelivered event was printed again"
     assert summary(second) == {"received": len(events) + 1, "new": 0, "duplicates": len(events), "invalid": 1}
     with sqlite3.connect(store) as db:
         stored = db.execute("SELECT event_id, type, seq FROM events ORDER BY seq").fetchall()
@@ -153,10 +153,64 @@ def test_human_lines_and_in_memory_dedupe(mosquitto_broker, subscriber, streams,
     assert sub.wait_for(lambda: any(line.startswith("duplicate") for line in sub.err)), sub.err
     assert sub.stop() == 0
     event = json.loads(start)
+    sub.out[:] = [line for line in sub.out if not line.startswith("state ")]
     assert sub.out[0].split()[1:3] == ["start", f"default/{DEVICE}/cam0"]
     assert f"event={event['event_id']} seq=0" in sub.out[0]
     assert sum(" start " in line for line in sub.out) == 1 and sum(" end " in line for line in sub.out) == 1
     assert summary(sub)["duplicates"] == 1
+
+
+def _events(proc: Proc) -> list[dict]:
+    return [e for e in map(json.loads, list(proc.out)) if "event_id" in e]
+
+
+def test_persistent_session_gets_what_was_published_while_it_was_down(mosquitto_broker, subscriber, streams, tmp_path):
+    """--client-id keeps the MQTT 5 session: stopped, the device publishes, restarted, every event arrives."""
+    fight, _ = streams
+    store = tmp_path / "events.db"
+    capture = subscriber(mosquitto_broker, f"rclstm/{DEVICE}/+/events")
+    args = ("--client-id", "backend-1", "--store", str(store), "--json", "--no-status")
+    first = start_consumer(mosquitto_broker, *args)
+    assert first.stop() == 0
+    clean = start_consumer(mosquitto_broker, "--json", "--no-status")  # a clean session, for contrast
+    assert clean.stop() == 0
+
+    run_daemon(mosquitto_broker, fight, tmp_path / "state")
+    assert capture.wait_for(lambda msgs: any(b'"type":"end"' in m.payload for m in msgs))
+    published = [json.loads(m.payload) for m in capture.messages]
+    assert len(published) >= 3  # start, update(s), end
+
+    second = start_consumer(mosquitto_broker, *args)
+    assert second.wait_for(lambda: len(_events(second)) == len(published)), second.err
+    assert second.stop() == 0
+    assert _events(second) == published
+    assert summary(second) == {"received": len(published), "new": len(published), "duplicates": 0, "invalid": 0}
+    again = start_consumer(mosquitto_broker, "--json", "--no-status")
+    time.sleep(1.0)
+    assert again.stop() == 0 and _events(again) == []  # a clean session has nothing queued
+
+
+def test_shows_device_will_camera_status_and_anomaly_state(mosquitto_broker, streams, tmp_path):
+    """The retained state after a clean stop, then a daemon killed mid-run: the broker's Will says offline."""
+    fight, _ = streams
+    run_daemon(mosquitto_broker, fight, tmp_path / "state")
+    sub = start_consumer(mosquitto_broker)
+    assert sub.wait_for(lambda: {line.split()[1] for line in sub.out if line.startswith("state ")}
+                        >= {"device", "camera", "anomaly"}), sub.out
+    assert f"state device {DEVICE} stopped (retained)" in sub.out
+    assert f"state anomaly {DEVICE}/cam0 OFF (retained)" in sub.out
+    assert any(line.startswith(f"state camera {DEVICE}/cam0 offline (end of file) since 20") for line in sub.out)
+
+    daemon = Proc([sys.executable, "-m", "edge", "run", "--source", str(fight), "--model", "demo",
+                   "--broker", mosquitto_broker.url, "--device-id", DEVICE, "--state-dir", str(tmp_path / "state2")])
+    try:
+        assert sub.wait_for(lambda: f"state device {DEVICE} online" in sub.out), sub.out
+        assert sub.wait_for(lambda: f"state camera {DEVICE}/cam0" in " ".join(sub.out[-3:]))
+        daemon.proc.kill()  # no clean disconnect: the broker publishes the Will
+        assert sub.wait_for(lambda: f"state device {DEVICE} offline" in sub.out, timeout=30), sub.out
+    finally:
+        daemon.stop()
+    assert sub.stop() == 0
 
 
 def _publish(broker: Broker, topic: str, payload: bytes) -> None:

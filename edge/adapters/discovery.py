@@ -76,6 +76,7 @@ def discovery_configs(
             "name": f"{camera} anomaly",
             "unique_id": f"rclstm-edge_{device_id}_{camera}_anomaly",
             "default_entity_id": f"binary_sensor.{entity}_anomaly",
+            "object_id": f"{entity}_anomaly",  # the same id for Home Assistant before 2025.10
             "device_class": "safety",
             "state_topic": topics.camera(camera, "anomaly"),
             "payload_on": ANOMALY_ON,
@@ -88,6 +89,7 @@ def discovery_configs(
             "name": f"{camera} anomaly score",
             "unique_id": f"rclstm-edge_{device_id}_{camera}_score",
             "default_entity_id": f"sensor.{entity}_score",
+            "object_id": f"{entity}_score",
             "state_topic": topics.stats,
             # A null score renders as "None", which Home Assistant's MQTT sensor reads as unknown.
             "value_template": f"{{{{ value_json.cameras['{camera}'].score }}}}",

@@ -19,6 +19,7 @@ import socket
 import ssl
 import threading
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -418,7 +419,8 @@ def check_broker(cfg: MqttConfig, device_id: str, password: str | None, timeout:
             return False, f"{cfg.host}:{cfg.port} closed the connection before answering; is it a TLS port?"
         if reason.is_failure:
             return False, describe_refusal(reason, cfg)
-        payload = json.dumps({"device_id": device_id, "check_at": time.time()}).encode()
+        check_at = datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        payload = json.dumps({"device_id": device_id, "check_at": check_at}).encode()
         info = client.publish(topics.check, payload, qos=1)
         try:
             info.wait_for_publish(timeout)

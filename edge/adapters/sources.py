@@ -9,8 +9,11 @@ so shutdown is never delayed by a backoff.
 
 Timestamps: a file's frames carry their position in the file (plus the length of earlier passes
 when looping) and a wall time of "when playback started + position", so a file replayed fast gives
-the same events as one played in real time; a live frame carries ``time.monotonic()`` and the UTC
-time it was read.
+the same events as one played in real time. Read faster than real time (``realtime = false``:
+``run --fast``, ``demo``, ``replay``), the file is anchored so that its last frame is at the moment
+reading started (as if it had just been recorded), and a wall time is never later than the clock
+(a looped or unmeasured file is clamped to now): no event time lies in the future. A live frame
+carries ``time.monotonic()`` and the UTC time it was read.
 """
 
 from __future__ import annotations
@@ -271,6 +274,12 @@ class CameraSource:
         period = 1.0 / fps if 0 < fps < 1000 else 1.0 / DEFAULT_FPS
         if is_file and self._file_start is None:
             self._file_start = datetime.now(timezone.utc)
+            if not camera.realtime:
+                # Read faster than real time, "start + position" would run ahead of the clock: anchor
+                # the file so that its last frame falls on the moment reading started instead.
+                count = capture.get(cv2.CAP_PROP_FRAME_COUNT)
+                if 0 < count < 1e9:
+                    self._file_start -= timedelta(seconds=count * period)
         watch = StallWatch(camera.stall_timeout_s, time.monotonic())
         pacing: tuple[float, float] | None = None  # (monotonic, ts) the real-time clock is anchored at
         last_ts: float | None = None
@@ -309,6 +318,8 @@ class CameraSource:
                         ts = last_ts + period
                     assert self._file_start is not None
                     wall = self._file_start + timedelta(seconds=ts)
+                    if not camera.realtime:  # a looped file, or one whose length is unknown: never ahead
+                        wall = min(wall, datetime.now(timezone.utc))
                     if camera.realtime:
                         if pacing is None or now - (pacing[0] + ts - pacing[1]) > MAX_PACING_LAG_S:
                             pacing = (now, ts)

@@ -21,12 +21,16 @@ DEMO_SEGMENTS = [("calm", 8.0), ("fight", 5.0), ("calm", 8.0)]
 
 
 def _parser() -> argparse.ArgumentParser:
+    from edge import __version__
+
     parser = argparse.ArgumentParser(prog="rclstm-edge", description="Camera anomaly detection at the edge.")
+    parser.add_argument("--version", action="version", version=f"rclstm-edge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the daemon (flags override the config file)")
     run.add_argument("--config", type=Path, help="TOML config file (default: built-in defaults)")
-    run.add_argument("--source", help="camera source for the first camera: PATH, URL or device INDEX")
+    run.add_argument("--source", help="camera source for the first camera: PATH, URL or device INDEX "
+                     "(a file that does not exist is an error at once; a camera that fails is retried)")
     run.add_argument("--model", help="bundle directory, or 'builtin' / 'demo'")
     run.add_argument("--broker", help="mqtt://HOST:PORT or mqtts://HOST:PORT (default: events to stdout)")
     run.add_argument("--device-id", help="device id used in topics and events")
@@ -34,7 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--fast", action="store_true", help="read file sources as fast as possible")
 
     check = sub.add_parser("check", help="check config, cameras, model and broker; non-zero exit on failure")
-    check.add_argument("--config", type=Path, required=True)
+    check.add_argument("--config", type=Path, required=True,
+                       help="the TOML config file to check, as the daemon will read it "
+                            "(on a device: /etc/rclstm-edge/config.toml)")
 
     demo = sub.add_parser("demo", help="the whole pipeline on a generated video, no camera or broker needed")
     demo.add_argument("--broker", help="also publish to this broker (mqtt://HOST:PORT)")
@@ -43,8 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     schema.add_argument("name", choices=["event", "camera-status", "stats"])
 
     install = sub.add_parser("install", help="provision this device: user, venv, config, credentials, unit")
-    install.add_argument("--device-id", required=True)
-    install.add_argument("--site", required=True)
+    install.add_argument("--device-id", required=True,
+                         help="this device's id: in every topic ({prefix}/DEVICE/...) and event; letters, digits, "
+                              "'.', '_', '-'")
+    install.add_argument("--site", required=True,
+                         help="the store or site this device is in, copied into every event (required: a backend "
+                              "groups devices by it)")
     install.add_argument(
         "--camera",
         action="append",
@@ -53,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
         help="a camera (repeat for several): rtsp://..., http://..., /dev/video0 or an index",
     )
     install.add_argument("--broker", help="mqtts://HOST:8883 (or mqtt://HOST:1883 on a trusted network)")
-    install.add_argument("--username")
+    install.add_argument("--username", help="MQTT username (default: none; usually the device id, with an ACL "
+                                            "limiting it to its own prefix, see docs/mqtt.md)")
     secret = install.add_mutually_exclusive_group()
     secret.add_argument("--password-stdin", action="store_true", help="read the MQTT password from stdin")
     secret.add_argument("--password-file", type=Path, help="read the MQTT password from this file")
@@ -61,8 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     install.add_argument("--cert", type=Path, help="client certificate (mutual TLS)")
     install.add_argument("--key", type=Path, help="client key (stored as a root-only credential)")
     install.add_argument("--model", default="builtin", help="bundle path or 'builtin'")
-    install.add_argument("--runtime", choices=["litert", "tflite"], default="litert")
-    install.add_argument("--package", help="what pip installs into the venv (default: this version from PyPI)")
+    install.add_argument("--runtime", choices=["litert", "tflite"], default="litert",
+                         help="the TFLite runtime installed beside the package (default: litert)")
+    install.add_argument("--package", metavar="SPEC",
+                         help="what pip installs into the venv: a wheel built from the checkout "
+                              "(python -m pip wheel --no-deps -w dist .) or a requirement (default: this version "
+                              "from the configured index); the --runtime is installed with it")
     install.add_argument("--root", type=Path, default=Path("/"), help="install into this directory tree instead")
     install.add_argument("--no-venv", action="store_true", help="do not create or update /opt/rclstm-edge/venv")
     install.add_argument("--skip-check", action="store_true", help="do not run `check` at the end")
@@ -240,6 +255,14 @@ def apply_flags(config: Config, args: argparse.Namespace) -> Config:
     return override(config, changes)
 
 
+def _missing_file(config: Config, source: str | None) -> None:
+    """``--source PATH`` that does not exist will not appear (a camera that is unplugged may): a usage error.
+    A config file's cameras keep the daemon's rule: a source that cannot be opened is retried."""
+    camera = config.cameras[0]
+    if source is not None and camera.resolved_kind() == "file" and not Path(str(camera.source)).exists():
+        raise UsageError(f"camera {camera.id}: {camera.source}: no such file; check the path")
+
+
 def _run(args: argparse.Namespace) -> int:
     from edge.adapters import logs
 
@@ -247,6 +270,7 @@ def _run(args: argparse.Namespace) -> int:
     from edge.core.config import load_config, secret_exposure_warning
 
     config = apply_flags(load_config(args.config), args)
+    _missing_file(config, args.source)
     logs.setup(config.log_level)
     warning = secret_exposure_warning(args.config, config.mqtt)
     if warning:

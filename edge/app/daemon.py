@@ -52,6 +52,8 @@ class Daemon:
         manifest, runtime = models[0].manifest, models[0].runtime
         log.info("model %s %s loaded (%s %s, sha256 %s...)", manifest.name, manifest.version, runtime.name,
                  runtime.version, manifest.sha256[:12])
+        if warning := manifest.chance_warning():
+            log.warning(warning)
         model = f"{manifest.name} {manifest.version}"
         self.sink.open([c.id for c in self.config.cameras], model)
         try:

@@ -7,8 +7,11 @@ frame the first camera really delivered, through the same preprocessing as the d
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,23 @@ def _line(ok: bool, item: str, reason: str) -> bool:
     return ok
 
 
+@contextlib.contextmanager
+def _native_stderr_quiet() -> Iterator[None]:
+    """OpenCV and FFmpeg print their own lines ("[tcp @ 0x...] ...", "[ WARN:0@0.02] global cap.cpp ...")
+    straight to file descriptor 2; check's output is its PASS/FAIL lines, each with the reason."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def run_checks(path: Path) -> int:
     try:
         config = load_config(path)
@@ -33,12 +53,16 @@ def run_checks(path: Path) -> int:
     warning = secret_exposure_warning(path, config.mqtt)
     if warning:
         print(f"WARN config: {warning}", flush=True)
+    if "site" not in config.model_fields_set:
+        print('WARN config: site is not set, so every event says site "default"; set site = "STORE" '
+              "(install --site sets it)", flush=True)
     from edge.adapters.sources import set_v4l2_select_timeout
 
     set_v4l2_select_timeout(config.cameras)
     frame = None
     for camera in config.cameras:
-        ok, reason, image = _check_camera(camera)
+        with _native_stderr_quiet():
+            ok, reason, image = _check_camera(camera)
         results.append(_line(ok, f"camera {camera.id}", reason))
         frame = image if frame is None else frame
     results.append(_line(*_check_model(config, frame)))
@@ -53,7 +77,7 @@ def _check_camera(camera) -> tuple[bool, str, np.ndarray | None]:  # type: ignor
     try:
         frame = read_one(camera, camera.open_timeout_s)
     except SourceError as exc:
-        return False, str(exc), None
+        return False, str(exc).removeprefix(f"camera {camera.id}: "), None
     h, w = frame.image.shape[:2]
     return True, f"read a {w}x{h} frame from {redact(camera.source)}", frame.image
 
@@ -77,6 +101,8 @@ def _check_model(config: Config, frame: np.ndarray | None) -> tuple[bool, str, s
     elapsed_ms = (time.perf_counter() - began) * 1000
     if probs.shape != (len(model.manifest.labels),) or not np.all(np.isfinite(probs)):
         return False, item, f"classifying one window gave {probs!r}; the bundle is broken, convert it again"
+    if warning := model.manifest.chance_warning():
+        print(f"WARN model: {warning}", flush=True)
     source = "a camera frame" if frame is not None else "a blank frame (no camera delivered one)"
     top = model.manifest.labels[int(np.argmax(probs))]
     return True, item, (f"{model.manifest.name} {model.manifest.version} on {model.runtime.name} "
@@ -104,6 +130,9 @@ def _check_state_dir(config: Config) -> tuple[bool, str, str]:
     item = "state_dir"
     if config.mqtt.url is None:
         return True, item, "not needed without a broker"
+    problem = _unwritable(config.state_dir)
+    if problem:
+        return False, item, problem
     try:
         directory = usable_state_dir(config.state_dir)
         box = Outbox(directory / OUTBOX_NAME, config.outbox.max_rows, config.outbox.max_bytes, open_retry_s=0)
@@ -112,6 +141,19 @@ def _check_state_dir(config: Config) -> tuple[bool, str, str]:
     depth = box.depth()
     box.close()
     return True, item, f"outbox {directory / OUTBOX_NAME} opens ({depth} message(s) waiting)"
+
+
+def _unwritable(directory: Path) -> str | None:
+    """Why the configured state_dir itself cannot hold the outbox; check never takes the daemon's
+    per-user fallback (that is for a development machine), so a path like /proc/rclstm fails here."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as exc:
+        return (f"state_dir {directory} is not writable ({exc.strerror or exc}); set state_dir to a directory the "
+                "service user owns (install creates /var/lib/rclstm-edge)")
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -61,9 +61,34 @@ class Report:
     changed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # How to take back this run's changes, newest last: ("remove", path) for what it created,
+    # ("restore", path, content, mode) for a file it replaced, ("userdel", name).
+    journal: list[tuple] = field(default_factory=list)
 
     def record(self, path: Path, changed: bool) -> None:
         (self.changed if changed else self.unchanged).append(str(path))
+
+    def undo(self) -> list[str]:
+        """Take back this run's changes, newest first; returns what could not be undone."""
+        left = []
+        for step in reversed(self.journal):
+            try:
+                if step[0] == "remove":
+                    path = step[1]
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path)
+                    elif path.exists() or path.is_symlink():
+                        path.unlink()
+                elif step[0] == "restore":
+                    _, path, content, mode = step
+                    path.write_bytes(content)
+                    path.chmod(mode)
+                elif step[0] == "userdel":
+                    subprocess.run(["userdel", step[1]], check=True, capture_output=True)
+            except (OSError, subprocess.CalledProcessError):
+                left.append(str(step[1]))
+        self.journal.clear()
+        return left
 
 
 def parse_camera(spec: str, index: int) -> dict[str, str | int]:
@@ -114,7 +139,11 @@ def _write(path: Path, content: bytes, mode: int, report: Report) -> None:
     """Write only when content or mode differs, so re-running changes nothing that did not change."""
     same = path.is_file() and path.read_bytes() == content and (path.stat().st_mode & 0o7777) == mode
     if not same:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _mkdir_journaled(path.parent, report)
+        if path.is_file():
+            report.journal.append(("restore", path, path.read_bytes(), path.stat().st_mode & 0o7777))
+        else:
+            report.journal.append(("remove", path))
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_bytes(content)
         tmp.chmod(mode)
@@ -122,9 +151,16 @@ def _write(path: Path, content: bytes, mode: int, report: Report) -> None:
     report.record(path, not same)
 
 
+def _mkdir_journaled(path: Path, report: Report) -> None:
+    """``mkdir -p``, journaling each directory it creates so a failed run can remove them."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    report.journal += [("remove", p) for p in reversed(missing)]
+
+
 def _mkdir(path: Path, mode: int, report: Report) -> None:
     existed = path.is_dir()
-    path.mkdir(parents=True, exist_ok=True)
+    _mkdir_journaled(path, report)
     changed = not existed or (path.stat().st_mode & 0o7777) != mode
     path.chmod(mode)
     report.record(path, changed)
@@ -155,8 +191,23 @@ def validate(opts: InstallOptions) -> None:
 
 
 def install(opts: InstallOptions) -> Report:
+    """Provision, or on any failure take back what this run wrote and say so (InstallError)."""
     validate(opts)
     report = Report()
+    try:
+        return _install(opts, report)
+    except (Exception, KeyboardInterrupt) as exc:
+        reason = str(exc) if isinstance(exc, InstallError) else f"{type(exc).__name__}: {exc}"
+        created = sum(step[0] == "remove" for step in report.journal)
+        left = report.undo()
+        if left:
+            raise InstallError(f"{reason}. Install stopped; could not undo {', '.join(left)}: remove them by hand, "
+                               "or run `rclstm-edge uninstall --purge`") from None
+        raise InstallError(f"{reason}. Install stopped and took back what it had written ({created} new "
+                           "path(s) removed, replaced files restored); nothing is left behind") from None
+
+
+def _install(opts: InstallOptions, report: Report) -> Report:
     root = opts.root
     live = _live(opts.root)
     if live:
@@ -210,6 +261,14 @@ def _ensure_user(report: Report) -> None:
         check=True,
     )
     report.changed.append(f"user {USER}")
+    report.journal.append(("userdel", USER))
+
+
+# The module each --runtime installs, probed in the venv so a re-run installs a missing runtime.
+RUNTIME_MODULES = {"litert": "ai_edge_litert", "tflite": "tflite_runtime"}
+WHEEL_HINT = ("rclstm-edge is not on a public index: build a wheel from the checkout (python -m pip wheel "
+              "--no-deps -w dist .), copy it to the device and pass "
+              "--package dist/rclstm_edge-VERSION-py3-none-any.whl")
 
 
 def _ensure_venv(venv: Path, opts: InstallOptions, report: Report) -> None:
@@ -218,22 +277,41 @@ def _ensure_venv(venv: Path, opts: InstallOptions, report: Report) -> None:
 
     python = venv / "bin" / "python"
     if python.exists():
-        version = "import edge; print(edge.__version__)"
-        probe = subprocess.run([str(python), "-c", version], capture_output=True, text=True)
+        # This version and the chosen runtime: a venv without its runtime is repaired by re-running install.
+        probe_code = f"import edge, {RUNTIME_MODULES[opts.runtime]}; print(edge.__version__)"
+        probe = subprocess.run([str(python), "-c", probe_code], capture_output=True, text=True, env=_venv_env(),
+                               cwd=venv)
         if probe.returncode == 0 and probe.stdout.strip() == __version__:
             report.unchanged.append(str(venv))
             return
     else:
+        _mkdir_journaled(venv.parent, report)
+        report.journal.append(("remove", venv))
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    if opts.package and Path(opts.package).is_dir():
-        spec = f"{Path(opts.package).resolve()}[{opts.runtime}]"
-    else:
-        spec = opts.package or f"rclstm-edge[{opts.runtime}]=={__version__}"
-    result = subprocess.run([str(python), "-m", "pip", "install", "-q", spec], capture_output=True, text=True)
+    spec = pip_spec(opts.package, opts.runtime)
+    result = subprocess.run([str(python), "-m", "pip", "install", "-q", spec], capture_output=True, text=True,
+                            env=_venv_env(), cwd=venv)
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
-        raise InstallError(f"pip could not install {spec} into {venv}: {last}")
+        hint = f"; {WHEEL_HINT}" if not opts.package else ""
+        raise InstallError(f"pip could not install {spec} into {venv}: {last}{hint}")
     report.changed.append(str(venv))
+
+
+def _venv_env() -> dict[str, str]:
+    """The venv sees only itself: an inherited PYTHONPATH (or a checkout as the working directory) would make
+    pip and the probe find another copy of the package and skip the install."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+
+
+def pip_spec(package: str | None, runtime: str) -> str:
+    """What pip installs: a wheel file or a checkout directory with the runtime extra, a requirement as given,
+    or by default this version with the runtime from the configured index."""
+    from edge import __version__
+
+    if package and Path(package).exists():
+        return f"rclstm-edge[{runtime}] @ {Path(package).resolve().as_uri()}"
+    return package or f"rclstm-edge[{runtime}]=={__version__}"
 
 
 def _systemctl(report: Report, *args: str) -> None:
@@ -268,4 +346,5 @@ def uninstall(root: Path = Path("/"), purge: bool = False) -> Report:
         if purge and subprocess.run(["id", "-u", USER], capture_output=True).returncode == 0:
             subprocess.run(["userdel", USER], check=True)
             report.changed.append(f"user {USER}")
+    report.journal.append(("userdel", USER))
     return report
