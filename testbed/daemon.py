@@ -155,9 +155,13 @@ class NotifySocket:
         self._thread.join(2)
 
 
-def received(sub: Subscriber) -> list[Key]:
-    """Every event message the subscriber got, duplicates included."""
-    events = [json.loads(m.payload) for m in list(sub.messages) if m.topic.endswith("/events")]
+def received(sub: Subscriber, first_copies: bool = False) -> list[Key]:
+    """The key of every event message the subscriber got, duplicates included.
+
+    ``first_copies`` leaves out the broker's own redeliveries (DUP set), keeping what publishers sent.
+    """
+    events = [json.loads(m.payload) for m in list(sub.messages)
+              if m.topic.endswith("/events") and not (first_copies and m.dup)]
     return [(e["event_id"], e["type"], e["seq"]) for e in events]
 
 
