@@ -8,16 +8,14 @@ milliseconds are measured on this machine in both device runtimes through the da
 ``BundleModel``.
 
 The Pi 4 figure is an estimate, not a measurement (no Pi is reachable from here): the larger of
-``MACs / PI4_MAC_PER_S`` and the x86 time times ``PI4_VS_X86``. Both constants are stated with their
-source so a reader can redo the arithmetic with better numbers.
+``MACs / PI4_MAC_PER_S`` and the x86 time times ``PI4_VS_X86``; both constants are stated with their
+source so a reader can redo the arithmetic with better numbers. The timings come from
+``edge.verify.time_model``, run by the converter in every runtime it verifies the bundle in.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,7 +29,6 @@ MAX_MAC_PER_VIDEO_SECOND = 1.5e9
 PI4_MAC_PER_S = 1.6e9
 # Single-thread speed of a recent x86 core over one Cortex-A72 at 1.5 GHz for float NEON/AVX2 kernels.
 PI4_VS_X86 = 6.0
-_REPEATS = 200
 
 
 @dataclass(frozen=True)
@@ -42,11 +39,13 @@ class Macs:
     classify: int
     streaming: bool
 
+    def per_frame(self, hop: int) -> float:
+        """Per sampled frame: a streaming model encodes every sampled frame once and classifies every
+        ``hop`` frames; a whole-window model (``classify`` is then the whole window) runs once per hop."""
+        return (self.encode if self.streaming else 0) + self.classify / hop
+
     def per_video_second(self, interval_s: float, hop: int) -> float:
-        """A streaming model encodes every sampled frame once and classifies every ``hop`` frames;
-        a whole-window model (``classify`` is then the whole window) runs once per hop."""
-        frames_per_s = 1.0 / interval_s
-        return (self.encode * frames_per_s if self.streaming else 0.0) + self.classify * frames_per_s / hop
+        return self.per_frame(hop) / interval_s
 
 
 def _shape(tensor: Any) -> tuple[int, ...]:
@@ -93,48 +92,13 @@ def model_macs(model: Any) -> Macs:
     return Macs(encode=encode, classify=classify, streaming=encode > 0)
 
 
-_TIMER = """
-import json, sys, time
-import numpy as np
-from edge.adapters.runtime import BundleModel
-model = BundleModel(sys.argv[1], runtime=sys.argv[2])
-spec = model.manifest.input
-shape = [spec.height, spec.width, spec.channels]
-def best(call, x, repeats):
-    call(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter(); call(x); times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1000.0
-repeats = int(sys.argv[3])
-frame = np.random.default_rng(0).random(shape, dtype=np.float32) * 0.1
-if model.streaming:
-    features = np.stack([model.encode(frame)] * spec.frames)
-    out = {"encode_ms": best(model.encode, frame, repeats), "classify_ms": best(model.classify, features, repeats)}
-else:
-    out = {"encode_ms": 0.0, "classify_ms": best(model.predict_window, np.stack([frame] * spec.frames), repeats)}
-out.update(runtime=model.runtime.name, version=model.runtime.version)
-print(json.dumps(out))
-"""
-
-
-def time_bundle(bundle: Path, python: str, runtime: str, repeats: int = _REPEATS) -> dict[str, Any]:
-    """Median ms of one encode and one classify, one thread, in ``python`` with ``runtime``."""
-    done = subprocess.run([python, "-c", _TIMER, str(bundle), runtime, str(repeats)], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1], check=False)
-    if done.returncode != 0:
-        reason = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-        raise RuntimeError(f"{python}: cannot time {bundle} in {runtime} ({reason})")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def budget(macs: Macs, timings: list[dict[str, Any]], interval_s: float, hop: int) -> DeviceBudget:
     """Fold MACs and measured timings into the per-frame figures a device is sized by.
 
     "Per frame" is per sampled frame with the classify cost spread over the ``hop`` frames between
     windows, so per-frame time times frames per second is the model's share of a core.
     """
-    per_frame_mac = (macs.encode if macs.streaming else 0) + macs.classify / hop
+    per_frame_mac = macs.per_frame(hop)
     x86 = {t["runtime"]: (t["encode_ms"] if macs.streaming else 0.0) + t["classify_ms"] / hop for t in timings}
     pi4_ms = max(per_frame_mac / PI4_MAC_PER_S * 1000.0, max(x86.values(), default=0.0) * PI4_VS_X86)
     return DeviceBudget(
@@ -163,10 +127,3 @@ def table(b: DeviceBudget) -> str:
         f"Pi 4 estimate              {b.pi4_ms_per_frame_estimate:.2f} ms per frame, "
         f"{b.pi4_core_share_estimate * 100:.1f} % of one core per camera",
     ])
-
-
-def measure(model: Any, bundle: Path, pythons: list[tuple[str, str]], interval_s: float, hop: int,
-            repeats: int = _REPEATS) -> DeviceBudget:
-    """MACs from the Keras model and timings of its bundle in every (python, runtime) given."""
-    timings = [time_bundle(bundle, python, runtime, repeats) for python, runtime in pythons]
-    return budget(model_macs(model), timings, interval_s, hop)

@@ -59,6 +59,7 @@ from edge.bundle import (
     write_manifest,
 )
 from edge.preprocess import PREPROCESS_VERSION, REPRESENTATIONS, Representation, channels_for
+from edge.verify import time_model
 
 FLOAT_TOLERANCE = 1e-5
 # Modes whose kernels are float end to end. Dynamic range quantizes activations to int8 at run time,
@@ -72,7 +73,7 @@ TWIN_TOLERANCE = 1e-4
 PARITY_WINDOWS = 64  # held-out windows for the twin and cross-runtime checks
 SCORE_CHUNK = 64  # held-out clips scored at a time, so a large test split fits in memory
 CALIBRATION_WINDOWS = 48
-BUDGET_REPEATS = 50  # timed calls per signature and runtime: medians steady to a few percent, seconds in all
+BUDGET_REPEATS = 50  # timed calls per signature and runtime: medians steady to a few percent, a second in all
 # Ops kept float in int8 bundles (the LSTM / ConvLSTM gates and the classifier head).
 FLOAT_OPS_IN_INT8 = (
     "FULLY_CONNECTED", "TANH", "LOGISTIC", "MUL", "ADD", "SUB", "SOFTMAX", "SPLIT", "UNPACK", "PACK",
@@ -273,7 +274,8 @@ def _other_runtime(python: Path, bundle: Path, windows: np.ndarray, workdir: Pat
     inputs, outputs = workdir / "verify-in.npz", workdir / "verify-out.npz"
     np.savez(inputs, windows=windows.astype(np.float32))
     done = subprocess.run(
-        [str(python), "-m", "edge.verify", str(bundle), str(inputs), str(outputs), "--runtime", "tflite-runtime"],
+        [str(python), "-m", "edge.verify", str(bundle), str(inputs), str(outputs), "--runtime", "tflite-runtime",
+         "--time", str(BUDGET_REPEATS)],
         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], check=False,
     )
     if done.returncode != 0:
@@ -476,11 +478,13 @@ def convert(opts: ConvertOptions) -> Report:
         reference = _tf_reference(model_file, manifest, windows)
         tolerance = FLOAT_TOLERANCE if opts.quantize in FLOAT_MODES else INT8_STEP
         results = [(litert.runtime.name, litert.runtime.version, bundle_probs)]
+        timings = [{"runtime": litert.runtime.name, **time_model(litert, windows[0], BUDGET_REPEATS)}]
         python = _verify_python(opts)
         notes = []
         if python:
             probs, info = _other_runtime(python, bundle, windows, work)
             results.append((info["runtime"], info["version"], probs))
+            timings.append(info)
         else:
             notes.append("tflite-runtime not checked: set RCLSTM_TFLITE_PYTHON or pass --verify-python")
         checks = []
@@ -517,11 +521,10 @@ def convert(opts: ConvertOptions) -> Report:
             summary = json.loads(summary_path.read_text())["summary"]
             if view in summary:
                 metrics["keras_runs"] = _summary_metrics(summary, view)
-        from converter.budget import measure, table
+        from converter.budget import budget, model_macs, table
 
-        pythons = [(sys.executable, "ai-edge-litert")] + ([(str(python), "tflite-runtime")] if python else [])
-        device = measure(model, bundle, pythons, manifest.sampling.frame_interval_s, run.hop if run else DEFAULT_HOP,
-                         BUDGET_REPEATS)
+        device = budget(model_macs(model), timings, manifest.sampling.frame_interval_s,
+                        run.hop if run else DEFAULT_HOP)
         log("device budget:\n" + table(device))
         manifest = manifest.model_copy(update={
             "verified_runtimes": checks, "metrics": metrics, "budget": device,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import sys
+import json
+import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from converter.budget import (
@@ -14,7 +16,6 @@ from converter.budget import (
     Macs,
     budget,
     table,
-    time_bundle,
     within,
 )
 from tests.fixtures_models import tflite_python
@@ -61,16 +62,21 @@ def test_budget_arithmetic() -> None:
     assert "OVER" in table(over) and "within" in table(result)
 
 
-def test_timings_come_from_both_real_runtimes(rclstm_bundle: Path) -> None:
-    pythons = [(sys.executable, "ai-edge-litert")]
-    if tflite_python():
-        pythons.append((str(tflite_python()), "tflite-runtime"))
-    timings = [time_bundle(rclstm_bundle, python, runtime, repeats=5) for python, runtime in pythons]
-    assert [t["runtime"] for t in timings] == [runtime for _, runtime in pythons]
-    for t in timings:
-        assert t["encode_ms"] > 0 and t["classify_ms"] > 0
+def test_timings_come_from_both_real_runtimes(rclstm_bundle: Path, tmp_path: Path) -> None:
+    """In-process (ai-edge-litert) and through `python -m edge.verify --time` (tflite-runtime, as convert runs it)."""
+    from edge.adapters.runtime import BundleModel
+    from edge.verify import time_model
 
-
-def test_a_bundle_that_cannot_load_is_one_line(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match="cannot time"):
-        time_bundle(tmp_path, sys.executable, "ai-edge-litert", repeats=1)
+    model = BundleModel(rclstm_bundle)
+    spec = model.manifest.input
+    window = np.random.default_rng(0).random((spec.frames, spec.height, spec.width, spec.channels), np.float32)
+    timing = time_model(model, window, repeats=5)
+    assert timing["encode_ms"] > 0 and timing["classify_ms"] > 0
+    if tflite_python() is None:
+        return
+    np.savez(tmp_path / "in.npz", windows=window[np.newaxis])
+    done = subprocess.run([str(tflite_python()), "-m", "edge.verify", str(rclstm_bundle), str(tmp_path / "in.npz"),
+                           str(tmp_path / "out.npz"), "--runtime", "tflite-runtime", "--time", "5"],
+                          capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    assert info["runtime"] == "tflite-runtime" and info["encode_ms"] > 0 and info["classify_ms"] > 0
