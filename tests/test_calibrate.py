@@ -105,16 +105,16 @@ def test_calm_recordings_give_a_threshold_with_no_false_alarm_and_a_lower_one_wi
     # Proof through the daemon's own chain, file by file: the chosen setting stays silent...
     camera = select_camera(config, "door", None)
     model = BundleModel.configured(config.model)
-    base = config.decision_for(camera)
+    base, classifier = config.decision_for(camera), config.classifier_for(camera)
     chosen_settings = base.model_copy(update={"threshold": chosen.threshold, "start_windows": chosen.start_windows})
     for video in calm:
-        result = scan(file_camera(camera, video), chosen_settings, model, "pi", "store")
+        result = scan(file_camera(camera, video), chosen_settings, classifier, model, "pi", "store")
         assert result.events == [], video
         # ...and on the cached scores a fresh Decider agrees, while one step lower raises alarms.
         cached = [w.prediction for w in result.windows]
         assert decider_incidents(cached, chosen_settings) == 0
     lower_settings = chosen_settings.model_copy(update={"threshold": lower})
-    alarms = sum(len([e for e in scan(file_camera(camera, v), lower_settings, model, "pi", "store").events
+    alarms = sum(len([e for e in scan(file_camera(camera, v), lower_settings, classifier, model, "pi", "store").events
                       if e.type == "start"]) for v in calm)
     assert alarms >= 1
 

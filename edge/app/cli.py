@@ -206,6 +206,8 @@ def _replay_or_calibrate(args: argparse.Namespace) -> int:
 
     logs.setup("error")
     config = load_config(args.config)
+    for note in config.deprecations:
+        print(f"warning: config: {note}", file=sys.stderr)
     try:
         if args.command == "replay":
             from edge.tools.replay import replay, summary
@@ -272,11 +274,11 @@ def _run(args: argparse.Namespace) -> int:
     config = apply_flags(load_config(args.config), args)
     _missing_file(config, args.source)
     logs.setup(config.log_level)
-    warning = secret_exposure_warning(args.config, config.mqtt)
-    if warning:
-        import logging
+    import logging
 
-        logging.getLogger("edge").warning(warning)
+    for warning in [secret_exposure_warning(args.config, config.mqtt), *config.deprecations]:
+        if warning:
+            logging.getLogger("edge").warning(warning)
     from edge.app.daemon import Daemon
     from edge.sinks import sink_for
 

@@ -50,9 +50,9 @@ def run_checks(path: Path) -> int:
             _line(False, "config", problem)
         return EXIT_USAGE
     results = [_line(True, "config", f"{path} is valid ({len(config.cameras)} camera(s))")]
-    warning = secret_exposure_warning(path, config.mqtt)
-    if warning:
-        print(f"WARN config: {warning}", flush=True)
+    for warning in [secret_exposure_warning(path, config.mqtt), *config.deprecations]:
+        if warning:
+            print(f"WARN config: {warning}", flush=True)
     if "site" not in config.model_fields_set:
         print('WARN config: site is not set, so every event says site "default"; set site = "STORE" '
               "(install --site sets it)", flush=True)
