@@ -115,12 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     from edge.bundle import BundleError
     from edge.core.config import ConfigError
 
-    if args.command not in ("schema", "uninstall"):
-        # A broken recording or stream gets one line from us; FFmpeg's and OpenCV's own complaints
-        # (thousands of non-logfmt lines) would bury it, in every command that opens a source.
-        from edge.adapters.logs import quiet_native_logs
+    if args.command in ("run", "demo", "check", "replay", "calibrate"):
+        # Every command that opens a source: FFmpeg's and OpenCV's own complaints come through our logger,
+        # in logfmt and rate-limited, instead of thousands of raw lines on stderr (or stdout).
+        from edge.adapters.logs import route_native_logs
 
-        quiet_native_logs()
+        route_native_logs()
     try:
         if args.command == "schema":
             from edge.core.messages import schema_text
@@ -190,8 +190,10 @@ def _provision(args: argparse.Namespace) -> int:
         if args.root.resolve() != Path("/"):
             print("note     check skipped: the config under --root names paths of the target system")
             return EXIT_OK
+        from edge.adapters.logs import route_native_logs
         from edge.provision.check import run_checks
 
+        route_native_logs()  # only now: the venv and systemctl steps before write their own stderr
         return run_checks(args.root / "etc/rclstm-edge/config.toml")
     return EXIT_OK
 
