@@ -105,7 +105,7 @@ def test_the_longest_allowed_prefix_makes_topics_a_real_broker_accepts(mosquitto
     publisher.start()
     try:
         assert publisher.connected.wait(10)
-        publisher.publish_direct(topic, b"fits")
+        assert publisher.publish_direct(topic, b"fits")
         assert sub.wait_for(lambda messages: any(m.topic == topic for m in messages), timeout=10)
     finally:
         publisher.stop()

@@ -3,6 +3,7 @@ damaged SQLite files, a real ``python -m edge run`` for the first start."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -217,3 +218,36 @@ def test_an_intact_wal_after_an_unclean_stop_is_replayed_without_complaint(tmp_p
     box = Outbox(path)
     assert box.depth() == 30
     assert "write-ahead log" not in caplog.text
+
+
+def test_paho_memory_is_bounded_while_disk_and_broker_are_both_down_and_nothing_is_lost(
+        tmpfs: Path, broker_factory, subscriber) -> None:
+    """Disk full and broker stopped: what the outbox cannot store goes to paho only up to its bound, the rest
+    waits in the sink's own bounded queue and is stored once the disk has room; the broker, back, gets all."""
+    from edge.core.config import validate_config
+    from edge.sinks.mqtt import MqttSink
+
+    broker = broker_factory(persistence=True)  # the consumer's session survives the broker's restart
+    consumer = subscriber(broker, "rclstm/d/cam/events", persistent_id="bounded-consumer")
+    broker.stop()
+    config = validate_config({"device_id": "d", "state_dir": str(tmpfs / "state"), "mqtt": {"url": broker.url}})
+    sink = MqttSink(config)
+    sink.open([], "model 1")
+    assert sink.publisher is not None and sink.outbox is not None
+    sink.publisher.max_unsaved_bytes = 10 * 1_100  # about ten of these messages in paho's memory
+    filler, fillers = _fill_space(tmpfs), _fill_inodes(tmpfs)
+    ids = [str(uuid.uuid4()) for _ in range(40)]
+    for event_id in ids:
+        sink._queue("rclstm/d/cam/events", f'{{"event_id": "{event_id}"}}'.encode() + b" " * 1_000)
+    in_paho = sink.publisher.unsaved()
+    assert 0 < in_paho <= 10 and sink.held() == len(ids) - in_paho - sink.outbox.depth() > 0
+    filler.unlink()
+    for path in fillers:
+        path.unlink()
+    sink.delivery()  # the stats tick: the held messages go into the outbox
+    assert sink.held() == 0 and sink.lost == 0
+    broker.start()
+    received = lambda messages: {json.loads(m.payload)["event_id"] for m in messages}  # noqa: E731
+    assert consumer.wait_for(lambda messages: received(messages) >= set(ids), timeout=120), \
+        f"{len(set(ids) - received(consumer.messages))} of {len(ids)} events missing"
+    sink.close(5.0)
