@@ -70,7 +70,8 @@ def test_intact_outbox_is_kept_when_it_cannot_be_opened_for_lack_of_inodes(
     fillers = _fill_inodes(tmpfs)
     with pytest.raises(OutboxUnavailable, match=r"cannot be opened .*still failing"):
         Outbox(state / "outbox.db", open_retry_s=1.0)
-    assert sorted(p.name for p in state.iterdir()) == ["outbox.db"], "an intact outbox was renamed"
+    assert sorted(p.name for p in state.iterdir()) == ["outbox.db", "outbox.db-last-id"], \
+        "an intact outbox was renamed"
     assert "not corruption, the file is kept" in caplog.text
     for path in fillers:
         path.unlink()
@@ -251,3 +252,31 @@ def test_paho_memory_is_bounded_while_disk_and_broker_are_both_down_and_nothing_
     assert consumer.wait_for(lambda messages: received(messages) >= set(ids), timeout=120), \
         f"{len(set(ids) - received(consumer.messages))} of {len(ids)} events missing"
     sink.close(5.0)
+
+
+@pytest.mark.parametrize("damage", ["deleted", "cut at a frame", "cut mid-frame"])
+def test_a_lost_or_cut_wal_after_an_unclean_stop_says_how_many_messages_are_missing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str) -> None:
+    """SQLite opens such a database without a word; the last-id marker beside it tells what is missing."""
+    path = tmp_path / "outbox.db"
+    subprocess.run([sys.executable, "-c", WAL_WRITER, str(path)], check=True, cwd=ROOT, timeout=60)
+    wal = Path(f"{path}-wal")
+    data = wal.read_bytes()
+    page = int.from_bytes(data[8:12], "big")
+    frames = (len(data) - 32) // (24 + page)
+    if damage == "deleted":
+        wal.unlink()
+    else:
+        keep = 32 + (frames // 2) * (24 + page) + (0 if damage == "cut at a frame" else 100)
+        wal.write_bytes(data[:keep])
+    box = Outbox(path)
+    survived = box.depth()
+    assert survived < 30
+    [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    missing = 30 - survived
+    assert f"{missing} message(s) stored before it" in line and f"up to {missing} event(s) lost" in line, line
+    assert box.lost == missing
+    box.close()
+    caplog.clear()
+    Outbox(path).close()  # said once: the next start finds nothing new missing
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
