@@ -4,7 +4,6 @@ could not run, passwords that are not UTF-8, and secrets in outputs."""
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.synthetic import write_stream
+from testbed.faults import damaged_mp4
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,17 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def _edge(*args: str, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True, cwd=ROOT,
                           timeout=timeout, env=env if env is not None else dict(os.environ))
-
-
-def _damaged_mp4(path: Path) -> Path:
-    """A real encoded clip with its middle garbled: FFmpeg complains about a hundred times while decoding it."""
-    write_stream(path, [("calm", 20.0)], fps=25)
-    data = bytearray(path.read_bytes())
-    rng = random.Random(1)
-    for i in range(len(data) // 10, len(data) * 9 // 10, 101):
-        data[i] = rng.randrange(256)
-    path.write_bytes(bytes(data))
-    return path
 
 
 def _raw_ffmpeg_lines(video: Path) -> int:
@@ -47,7 +35,7 @@ def test_ffmpeg_lines_go_through_the_logger_bounded_in_every_command(tmp_path: P
     window, and the summary lines count exactly the ones left out, so nothing is hidden silently."""
     from edge.adapters.logs import NATIVE_BURST, NATIVE_WINDOW_S
 
-    video = _damaged_mp4(tmp_path / "clip.mp4")
+    video = damaged_mp4(tmp_path / "clip.mp4")
     raw = _raw_ffmpeg_lines(video)
     assert raw > NATIVE_BURST, raw  # the damage is enough to need the limit
     started = time.monotonic()
