@@ -60,8 +60,10 @@ def fill_space(directory: Path) -> Path:
     return filler
 
 
-def free(filler: Path, fillers: list[Path]) -> None:
-    filler.unlink(missing_ok=True)
+def free(fillers: list[Path], filler: Path | None = None) -> None:
+    """Give back what ``fill_inodes`` (and ``fill_space``) took."""
+    if filler is not None:
+        filler.unlink()
     for path in fillers:
         path.unlink()
 
@@ -106,3 +108,32 @@ def peak_rss_mb(proc: subprocess.Popen, seconds: float | None = None) -> float:
             peak = max(peak, int(status.split("VmHWM:")[1].split()[0]) / 1024)
         time.sleep(0.2)
     return peak
+
+
+def checkpointed_outbox(path: Path, count: int, size: int = 500) -> list[bytes]:
+    """An outbox of ``count`` messages closed cleanly (everything checkpointed into the file); the payloads."""
+    from edge.adapters.outbox import Outbox
+
+    box = Outbox(path)
+    payloads = [f"event {i:04d} ".encode() + b"x" * size for i in range(count)]
+    for payload in payloads:
+        box.put("cam/events", payload)
+    box.close()  # the last connection checkpoints the WAL into the file
+    return payloads
+
+
+def pattern_video(path: Path, width: int, height: int, frames: int = 20, fps: float = 10.0) -> Path:
+    """A moving pattern at any resolution (4K included), encoded by OpenCV like a camera's recording."""
+    import cv2
+    import numpy as np
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = ((xx // 40 + yy // 40) % 2 * 120 + 60).astype(np.uint8)
+    for i in range(frames):
+        frame = np.dstack([base, np.roll(base, i * 16, axis=1), base[::-1]])
+        cv2.rectangle(frame, (i * width // frames, height // 3), (i * width // frames + width // 8, height // 2),
+                      (255, 255, 255), -1)
+        writer.write(frame)
+    writer.release()
+    return path

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from edge.adapters.outbox import Outbox, OutboxUnavailable
-from testbed.faults import fill_inodes, fill_space, unclean_wal
+from testbed.faults import checkpointed_outbox, fill_inodes, fill_space, unclean_wal
 from testbed.faults import tmpfs as mounted
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,19 +67,10 @@ def test_full_disk_at_first_start_is_one_line_and_no_fake_corrupt_file(tmpfs: Pa
         assert not list(state.glob("*corrupt*"))
 
 
-def _outbox_with(path: Path, count: int, size: int = 500) -> list[bytes]:
-    box = Outbox(path)
-    payloads = [f"event {i:04d} ".encode() + b"x" * size for i in range(count)]
-    for payload in payloads:
-        box.put("cam/events", payload)
-    box.close()  # the last connection checkpoints the WAL into the file
-    return payloads
-
-
 def test_real_corruption_salvages_every_readable_row_and_counts_the_rest(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "outbox.db"
-    payloads = _outbox_with(path, 173)
+    payloads = checkpointed_outbox(path, 173)
     page = sqlite3.connect(path).execute("PRAGMA page_size").fetchone()[0]
     data = bytearray(path.read_bytes())
     pages = len(data) // page
@@ -100,7 +91,7 @@ def test_real_corruption_salvages_every_readable_row_and_counts_the_rest(
 
 def test_a_damaged_payload_is_quarantined_never_handed_out(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "outbox.db"
-    payloads = _outbox_with(path, 5, size=50)
+    payloads = checkpointed_outbox(path, 5, size=50)
     data = bytearray(path.read_bytes())
     at = data.index(b"event 0003 ") + 8
     data[at] ^= 0x01  # "event 0003" becomes "event 0002"-like: one bit, invisible to quick_check
