@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from edge.adapters.runtime import BundleModel
-from edge.core.config import Config, DecisionConfig, load_config
+from edge.core.config import Config, DecisionConfig, load_config, tomllib, validate_config
 from edge.core.values import Prediction
 from edge.stages.decision import Decider
 from edge.synthetic import render_clip, write_stream, write_video
@@ -222,6 +222,13 @@ def test_edit_decision_layouts() -> None:
         edit_decision(inline, "a", 0.25, 3)
     with pytest.raises(ConfigEditError, match="camera b is not in the config file"):
         edit_decision(last, "b", 0.25, 3)
+
+    # A camera whose [cameras.decision] still holds hop (before [classifier]): edited, hop kept where it is.
+    old_layout = '[[cameras]]\nid = "a"\nsource = 0\n[cameras.decision]\nhop = 2\nthreshold = 0.3\n'
+    edited = edit_decision(old_layout, "a", 0.25, 3)
+    assert edited == old_layout.replace("threshold = 0.3\n", "threshold = 0.25\nstart_windows = 3\n")
+    config = validate_config(tomllib.loads(edited))
+    assert config.classifier_for(config.cameras[0]).hop == 2 and len(config.deprecations) == 1
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str], code: int = 2) -> str:
