@@ -8,6 +8,7 @@ password or key, and the secret-leak test checks every output of a full run.
 from __future__ import annotations
 
 import atexit
+import faulthandler
 import logging
 import os
 import re
@@ -110,6 +111,8 @@ class NativeLogs:
         os.close(write_fd)
         sys.stderr = open(os.dup(self._saved), "w", buffering=1, encoding="utf-8",  # noqa: SIM115 (lives as long as the process)
                           errors="backslashreplace", closefd=True)
+        # A crash's Python traceback must not wait in a pipe whose reader dies with the process.
+        faulthandler.enable(file=sys.stderr)
         self._thread = threading.Thread(target=self._read, name="native-logs", daemon=True)
         self._thread.start()
 
