@@ -353,11 +353,13 @@ def override(config: Config, changes: dict[str, Any]) -> Config:
 
 def validate_config(data: dict[str, Any]) -> Config:
     """Validate parsed settings, turning pydantic's report into one line per problem."""
-    data, notes = migrate_classifier_keys(data)
+    data, notes, problems = migrate_classifier_keys(data)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_errors(exc)) from None
+        raise ConfigError(problems + format_errors(exc)) from None
+    if problems:
+        raise ConfigError(problems)
     config._deprecations.extend(notes)
     return config
 
@@ -365,11 +367,11 @@ def validate_config(data: dict[str, Any]) -> Config:
 CLASSIFIER_KEYS = tuple(ClassifierConfig.model_fields)
 
 
-def migrate_classifier_keys(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def migrate_classifier_keys(data: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
     """``hop`` and ``scene_cut`` moved from ``[decision]`` to ``[classifier]`` (and from a camera's
     ``[cameras.decision]`` to ``[cameras.classifier]``): installed configs keep working, read from the old
     place with one deprecation line per key; a key set in both places is an error, as neither can win
-    silently. Returns a migrated copy and the deprecation lines."""
+    silently. Returns a migrated copy, the deprecation lines and the problems."""
     notes: list[str] = []
     problems: list[str] = []
     out = dict(data)
@@ -397,9 +399,7 @@ def migrate_classifier_keys(data: dict[str, Any]) -> tuple[dict[str, Any], list[
     cameras = out.get("cameras")
     if isinstance(cameras, list):
         out["cameras"] = [move(c, f"cameras.{i}.") if isinstance(c, dict) else c for i, c in enumerate(cameras)]
-    if problems:
-        raise ConfigError(problems)
-    return out, notes
+    return out, notes, problems
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
