@@ -9,54 +9,14 @@ import sqlite3
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from edge.adapters.outbox import Outbox, OutboxUnavailable
+from tests.fixtures_disk import fill_inodes, fill_space
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MB tmpfs with 64 inodes, or a skip where mounting is not allowed."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,nr_inodes=64", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def _fill_inodes(directory: Path) -> list[Path]:
-    made = []
-    try:
-        while True:
-            path = directory / f"filler-{len(made)}"
-            path.touch()
-            made.append(path)
-    except OSError:
-        return made
-
-
-def _fill_space(directory: Path) -> Path:
-    filler = directory / "filler.bin"
-    with open(filler, "wb", buffering=0) as out:
-        try:
-            while True:
-                out.write(b"\0" * 4096)
-                out.flush()
-        except OSError:
-            pass
-    return filler
 
 
 def test_intact_outbox_is_kept_when_it_cannot_be_opened_for_lack_of_inodes(
@@ -66,7 +26,7 @@ def test_intact_outbox_is_kept_when_it_cannot_be_opened_for_lack_of_inodes(
     for i in range(12):
         box.put("cam/events", f"event {i}".encode())
     box.close()
-    fillers = _fill_inodes(tmpfs)
+    fillers = fill_inodes(tmpfs)
     with pytest.raises(OutboxUnavailable, match=r"cannot be opened .*still failing"):
         Outbox(state / "outbox.db", open_retry_s=1.0)
     assert sorted(p.name for p in state.iterdir()) == ["outbox.db"], "an intact outbox was renamed"
@@ -80,8 +40,8 @@ def test_intact_outbox_is_kept_when_it_cannot_be_opened_for_lack_of_inodes(
 def test_full_disk_at_first_start_is_one_line_and_no_fake_corrupt_file(tmpfs: Path, tmp_path: Path) -> None:
     state = tmpfs / "state"
     state.mkdir()
-    _fill_space(tmpfs)
-    _fill_inodes(tmpfs)
+    fill_space(tmpfs)
+    fill_inodes(tmpfs)
     config = tmp_path / "config.toml"
     config.write_text(f'state_dir = "{state}"\n[mqtt]\nurl = "mqtt://127.0.0.1:9"\n[outbox]\nopen_retry_s = 1\n'
                       '[[cameras]]\nid = "cam"\nsource = "/nonexistent.mp4"\n')
@@ -150,8 +110,8 @@ def test_clean_stop_on_a_full_disk_says_exactly_how_many_events_are_lost(
     sink = MqttSink(config)
     sink.open([], "model 1")
     assert sink.outbox is not None
-    _fill_space(tmpfs)
-    _fill_inodes(tmpfs)
+    fill_space(tmpfs)
+    fill_inodes(tmpfs)
     total = 25
     for i in range(total):
         sink._queue("rclstm/d/cam/events", f'{{"event_id": "{uuid.uuid4()}", "i": {i}}}'.encode() + b" " * 20_000)
@@ -169,8 +129,8 @@ def test_clean_stop_on_a_full_disk_says_exactly_how_many_events_are_lost(
 def test_a_long_write_outage_is_one_line_when_it_starts_and_one_when_it_ends(
         tmpfs: Path, caplog: pytest.LogCaptureFixture) -> None:
     box = Outbox(tmpfs / "state" / "outbox.db")
-    filler = _fill_space(tmpfs)
-    fillers = _fill_inodes(tmpfs)
+    filler = fill_space(tmpfs)
+    fillers = fill_inodes(tmpfs)
     with caplog.at_level(logging.DEBUG):
         failed = [box.put("cam/events", b"y" * 50_000) for _ in range(8)]
         assert failed.count(None) >= 2

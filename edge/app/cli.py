@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--broker", help="also publish to this broker (mqtt://HOST:PORT)")
 
     schema = sub.add_parser("schema", help="print a JSON Schema")
-    schema.add_argument("name", choices=["event", "camera-status", "stats"])
+    schema.add_argument("name", choices=["event", "camera-status", "stats", "feedback"])
 
     install = sub.add_parser("install", help="provision this device: user, venv, config, credentials, unit")
     install.add_argument("--device-id", required=True,
