@@ -16,7 +16,6 @@ and every file 0600, created so before anything is written into it (the videos a
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -231,14 +230,7 @@ class ClipStore:
     # -- reading and bounds ----------------------------------------------------------------------
 
     def clips(self) -> list[tuple[ClipRecord, Path]]:
-        """Complete clips, oldest first, with their videos."""
-        found = []
-        for path in sorted(self.root.glob("*.json")):
-            record = self._read(path)
-            video = path.with_suffix(VIDEO_SUFFIX)
-            if record is not None and record.complete and video.is_file():
-                found.append((record, video))
-        return sorted(found, key=lambda pair: pair[0].clip_start)
+        return list_clips(self.root)
 
     def usage(self) -> tuple[int, int]:
         """(complete clips, bytes on disk in the folder)."""
@@ -297,10 +289,7 @@ class ClipStore:
 
     @staticmethod
     def _read(path: Path) -> ClipRecord | None:
-        try:
-            return ClipRecord.model_validate_json(path.read_bytes())
-        except (OSError, ValidationError, ValueError):
-            return None
+        return read_record(path)
 
     def _drop_partials(self) -> None:
         """A previous run died mid-incident: its partial videos have no index and cannot be decoded."""
@@ -316,6 +305,26 @@ class ClipStore:
                         "be decoded)", dropped)
 
 
+def read_record(path: Path) -> ClipRecord | None:
+    """A clip's record, or None when it is missing or damaged (such a clip is never listed or exported)."""
+    try:
+        return ClipRecord.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError, ValueError):
+        return None
+
+
+def list_clips(root: Path) -> list[tuple[ClipRecord, Path]]:
+    """Complete clips in a clips folder, oldest first, with their videos; reads only (the export runs beside
+    the daemon)."""
+    found = []
+    for path in sorted(Path(root).glob("*.json")):
+        record = read_record(path)
+        video = path.with_suffix(VIDEO_SUFFIX)
+        if record is not None and record.complete and video.is_file():
+            found.append((record, video))
+    return sorted(found, key=lambda pair: pair[0].clip_start)
+
+
 def decodes(video: Path) -> bool:
     """True when OpenCV reads a first frame of ``video``."""
     capture = cv2.VideoCapture(str(video))
@@ -324,7 +333,3 @@ def decodes(video: Path) -> bool:
     finally:
         capture.release()
 
-
-def record_json(record: ClipRecord) -> dict[str, object]:
-    """A record as plain JSON values (export manifests)."""
-    return json.loads(record.model_dump_json())
