@@ -6,6 +6,7 @@ import json
 import stat
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,10 @@ def test_export_writes_judged_and_calm_clips_in_the_converters_layout(judged: tu
     assert (rows[false_alarm]["class"], rows[false_alarm]["verdict"]) == ("normal", "false_alarm")
     assert (rows[confirmed]["class"], rows[confirmed]["verdict"]) == ("fight", "confirmed")
     assert {row["class"] for row in rows.values() if row["kind"] == "calm"} == {"normal"}
+    cut, whole = ({k: datetime.fromisoformat(v) for k, v in rows[i].items() if k.endswith(("_at", "_start", "_end"))
+                   and v} for i in (confirmed, false_alarm))
+    assert cut["started_at"] <= cut["clip_start"] < cut["clip_end"] <= cut["ended_at"], "a fight clip holds no calm"
+    assert whole["clip_start"] < whole["started_at"], "a false alarm keeps its lead-in"
     for row in rows.values():
         assert row["device_id"] == "pi-1" and row["camera_id"] == "door" and row["model"]["name"] == "demo-synth"
         frames, _ = read_frames(out / row["file"])

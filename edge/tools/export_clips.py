@@ -9,7 +9,10 @@ Layout (the converter's folder-per-class, see converter/dataset.py):
     OUT/manifest.json          per clip: device, camera, the model that fired, verdict, times
 
 Incidents nobody judged are left out (their label is unknown). A false alarm is the example the
-loop exists for: the model's mistake, labelled by a person. Copies keep the private modes of the
+loop exists for: the model's mistake, labelled by a person; its whole clip is normal (the seconds
+before it too). A confirmed incident's clip is cut to the incident (``started_at`` to ``ended_at``,
+the windows at or above the threshold): the seconds before its start are the calm that preceded it,
+and would teach the model that calm is a fight. Copies keep the private modes of the
 state directory (folder 0700, files 0600): they are video of people.
 """
 
@@ -20,14 +23,19 @@ import os
 import re
 import shutil
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
+
 from edge.adapters.clips import CLIPS_DIR, ClipRecord, list_clips
 from edge.core.errors import UsageError
+from edge.synthetic import write_video
 
 MANIFEST_NAME = "manifest.json"
+HALF_FRAME = timedelta(milliseconds=20)  # frame times are rebuilt from the clip's rate: allow for rounding
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 GROUPS_TSV_NAME = "groups.tsv"  # the name converter/groups.py looks for (tests/test_export_clips.py trains on it)
 
@@ -78,7 +86,10 @@ def export_clips(state_dir: Path, out: Path, normal_label: str = "normal") -> Ex
             continue
         target = out / label / video.name
         target.parent.mkdir(mode=0o700, exist_ok=True)
-        shutil.copyfile(video, target)
+        if record.verdict == "confirmed":
+            record = _cut_to_incident(record, video, target)
+        else:
+            shutil.copyfile(video, target)
         os.chmod(target, 0o600)
         done.written[label] = done.written.get(label, 0) + 1
         groups.append(f"{video.stem}\t{record.device_id}.{record.camera_id}")
@@ -91,6 +102,30 @@ def export_clips(state_dir: Path, out: Path, normal_label: str = "normal") -> Ex
                 "normal_label": normal_label, "clips": rows}
     _private_text(out / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
     return done
+
+
+def _cut_to_incident(record: ClipRecord, video: Path, target: Path) -> ClipRecord:
+    """Write the frames of ``video`` from the incident's start to its end; the record of what was written."""
+    assert record.started_at is not None and record.ended_at is not None  # a kept incident clip has both
+    capture = cv2.VideoCapture(str(video))
+    kept: list[np.ndarray] = []
+    times: list[datetime] = []
+    index = 0
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        at = record.clip_start + timedelta(seconds=index / record.fps)
+        index += 1
+        if record.started_at - HALF_FRAME <= at <= record.ended_at + HALF_FRAME:
+            kept.append(frame)
+            times.append(at)
+    capture.release()
+    if not kept:
+        raise UsageError(f"{video}: no frames between the incident's start and end; the clip is damaged, delete it "
+                         "and its .json")
+    write_video(target, kept, record.fps)
+    return record.model_copy(update={"clip_start": times[0], "clip_end": times[-1], "frames": len(kept)})
 
 
 def _fields(record: ClipRecord) -> dict[str, Any]:
