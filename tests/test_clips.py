@@ -38,9 +38,10 @@ def stream(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return video
 
 
-def run_daemon(state_dir: Path, video: Path, **clips: object) -> Daemon:
+def run_daemon(state_dir: Path, video: Path, model: str = "demo", **clips: object) -> Daemon:
+    """The daemon in-process over ``video`` read as fast as possible, clips on, events kept in memory."""
     config = Config.model_validate({
-        "device_id": "pi-1", "site": "store-1", "state_dir": str(state_dir), "model": {"bundle": "demo"},
+        "device_id": "pi-1", "site": "store-1", "state_dir": str(state_dir), "model": {"bundle": model},
         "clips": {"enabled": True, "calm_s": 5.0, **clips},
         "cameras": [{"id": "door", "source": str(video), "kind": "file", "realtime": False}],
     })

@@ -77,10 +77,13 @@ def test_a_good_verdict_is_kept_beside_its_clip_and_a_later_one_replaces_it(stor
     assert store.stats()["feedback_accepted"] == 2 and store.stats()["feedback_refused"] == 0
 
 
-def send_verdict(broker: Broker, user: str, device: str, event_id: str, judged: str) -> subprocess.CompletedProcess:
+def send_verdict(broker: Broker, user: str | None, device: str, event_id: str,
+                 judged: str) -> subprocess.CompletedProcess:
+    """The reference subscriber's --verdict, as a backend operator runs it (``user`` logs in with USER-pw)."""
+    login = [] if user is None else ["--username", user, "--password-env", "BACKEND_PW"]
     return subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "subscriber.py"), "--broker", broker.url, "--username", user,
-         "--password-env", "BACKEND_PW", "--verdict", device, event_id, judged, "--judged-by", "op-7"],
+        [sys.executable, str(ROOT / "examples" / "subscriber.py"), "--broker", broker.url, *login,
+         "--verdict", device, event_id, judged, "--judged-by", "op-7"],
         capture_output=True, text=True, timeout=60, env={**os.environ, "BACKEND_PW": f"{user}-pw"})
 
 
