@@ -84,6 +84,8 @@ class CameraWorker:
     def _source_state(self, state: SourceState) -> None:
         if state.reason is not None:
             self._emit(self.pipeline.gap(state.reason))
+            if self.recorder is not None:
+                self.recorder.gap()
         status = CameraStatus(online=state.online, reason=state.text, since=datetime.now(timezone.utc))
         self.sink.camera_state(self.camera.id, status)
 

@@ -9,6 +9,11 @@ sampled ones, at the model's interval, so a clip is exactly what the model saw, 
 A calm clip is taken when the camera has stayed below its threshold (no incident, no window at or
 above it) for ``calm_s`` and the camera's last calm clip is at least ``calm_every_s`` old (by frame
 time, read back from the store at start so a restart does not take another at once).
+
+The recent frames are kept as JPEG (quality 90): raw, the default 10 s at 14 frames per second
+and 256 pixels wide would be 16-21 MB per camera (a tenth of the unit's memory limit for four
+cameras); as JPEG they are about 1.6 MB (fight-surv CCTV at 256x144: 11 kB a frame, 0.26 ms to
+encode on this x86 core), decoded only when a clip starts. A source gap empties them: frames either side of an outage are not one scene in time.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections import deque
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 
 from edge.adapters.clips import ClipRecord, ClipStore, ClipWriter
@@ -28,6 +34,8 @@ from edge.preprocess import shrink
 
 if TYPE_CHECKING:
     from edge.bundle import Manifest
+
+RECENT_QUALITY = 90
 
 
 def clip_size(image: np.ndarray, width: int) -> tuple[int, int]:
@@ -50,7 +58,7 @@ class ClipRecorder:
         self.fps = 1.0 / manifest.sampling.frame_interval_s
         self.threshold = threshold
         span = max(cfg.pre_s, cfg.calm_s)
-        self._recent: deque[tuple[float, datetime, np.ndarray]] = deque(maxlen=int(span * self.fps) + 2)
+        self._recent: deque[tuple[float, datetime, np.ndarray]] = deque(maxlen=int(span * self.fps) + 2)  # JPEG
         self._clip: ClipWriter | None = None
         self._size: tuple[int, int] | None = None
         self._quiet_since: float | None = None  # stream time since which every window was below the threshold
@@ -62,10 +70,17 @@ class ClipRecorder:
         if self._size is None:
             self._size = clip_size(frame.image, self.cfg.width)
         small = shrink(frame.image, self._size[1], self._size[0])
-        self._recent.append((frame.ts, frame.wall, small))
+        ok, jpeg = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, RECENT_QUALITY])
+        if ok:
+            self._recent.append((frame.ts, frame.wall, jpeg))
         clip = self._clip
         if clip is not None and clip.record.frames < self.cfg.max_s * self.fps:
             clip.write(small, frame.wall)
+
+    def gap(self) -> None:
+        """The source went offline (after the chain closed any incident): forget the frames before it."""
+        self._recent.clear()
+        self._quiet_since = None
 
     def window(self, prediction: Prediction) -> None:
         if self._open or prediction.anomaly_score >= self.threshold:
@@ -130,6 +145,6 @@ class ClipRecorder:
         })
         clip = self.store.begin(record, self._size)
         if clip is not None:
-            for wall, image in frames:
-                clip.write(image, wall)
+            for wall, jpeg in frames:
+                clip.write(cv2.imdecode(jpeg, cv2.IMREAD_COLOR), wall)
         return clip
