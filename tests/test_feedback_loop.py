@@ -1,12 +1,12 @@
 """Issue 15's loop end to end, every part real: a device raises a false alarm and a real incident on a
 generated stream, a backend judges both over mosquitto with the reference subscriber, `export-clips`
-writes the dataset, `rclstm-convert train --init-from --site` fine-tunes the session's tiny model on
-base + site clips, `convert` makes a bundle, and the daemon's chain over the same stream no longer
-raises the false alarm while it still raises the fight.
+writes the dataset (which `calibrate` reads too), `rclstm-convert train --init-from --site` fine-tunes
+the session's tiny model on base + site clips, `convert` makes a bundle, and the daemon's chain over the
+same stream no longer raises the false alarm while it still raises the fight.
 
-The stream's "rush" (people hurrying through) is what a model that learned "much movement" from calm
-vs fight raises as a fight: the tiny model scores it about 0.9 (threshold 0.7), the fine-tuned one
-at most 0.56 (measured when this test was written, interval 0.06 s, 10 epochs).
+The stream's "rush" (people hurrying through) is what a model that learned "much movement" from calm vs
+fight raises as a fight: the tiny model scores it about 0.9 (threshold 0.7), the fine-tuned one at most
+0.56 (measured when this test was written, interval 0.06 s, 10 epochs).
 """
 
 from __future__ import annotations
@@ -83,6 +83,14 @@ def test_a_judged_false_alarm_is_gone_after_fine_tuning_and_the_real_incident_st
     assert (rows[false_alarm]["class"], rows[real]["class"]) == ("calm", "fight")
     for row in rows.values():
         assert len(read_frames(site / row["file"])[0]) == row["frames"] > 0
+
+    # 3b. calibrate reads the same folder: false alarms as no-incident recordings, confirmed clips as incidents.
+    calibrated = subprocess.run(
+        [sys.executable, "-m", "edge", "calibrate", "--config", str(config), "--camera", "door",
+         *map(str, sorted((site / "calm").glob("*.mp4"))), "--labelled", str(site), "--no-plots",
+         "--out", str(tmp_path / "calibration")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert calibrated.returncode == 0, calibrated.stderr
+    assert "labelled: 1 incident(s), recall 1.00" in calibrated.stdout
 
     # 4. Fine-tune the base run on base + site clips, and convert it as a device bundle.
     tiny = ["--filters", ",".join(map(str, TINY["filters"])), "--pools", ",".join(map(str, TINY["pools"])),

@@ -10,10 +10,11 @@ A calm clip is taken when the camera has stayed below its threshold (no incident
 above it) for ``calm_s`` and the camera's last calm clip is at least ``calm_every_s`` old (by frame
 time, read back from the store at start so a restart does not take another at once).
 
-The recent frames are kept as JPEG (quality 90): raw, the default 10 s at 14 frames per second
-and 256 pixels wide would be 16-21 MB per camera (a tenth of the unit's memory limit for four
-cameras); as JPEG they are about 1.6 MB (fight-surv CCTV at 256x144: 11 kB a frame, 0.26 ms to
-encode on this x86 core), decoded only when a clip starts. A source gap empties them: frames either side of an outage are not one scene in time.
+The recent frames are kept as JPEG (quality 90): raw, the default 10 s at 14 frames per second and 256
+pixels wide would be 16-21 MB per camera (a tenth of the unit's memory limit for four cameras); as JPEG
+they are about 1.6 MB (fight-surv CCTV at 256x144: 11 kB a frame, 0.26 ms to encode on this x86 core),
+decoded only when a clip starts. A source gap empties them: frames either side of an outage are not one
+scene in time.
 """
 
 from __future__ import annotations
