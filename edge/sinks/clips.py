@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from edge.adapters.clips import ClipRecord, ClipStore, ClipWriter
+from edge.adapters.clips import ClipKind, ClipRecord, ClipStore, ClipWriter
 from edge.core.config import ClipsConfig
 from edge.core.messages import ModelRef
 from edge.core.values import Frame, Output, Prediction
@@ -136,7 +136,7 @@ class ClipRecorder:
         if clip is not None:
             clip.finish()
 
-    def _begin(self, clip_id: uuid.UUID, kind: str, frames: list[tuple[datetime, np.ndarray]],
+    def _begin(self, clip_id: uuid.UUID, kind: ClipKind, frames: list[tuple[datetime, np.ndarray]],
                **fields: object) -> ClipWriter | None:
         assert self._size is not None
         record = ClipRecord.model_validate({
