@@ -10,6 +10,8 @@ import io
 import logging
 import signal
 import stat
+import subprocess
+import sys
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -180,3 +182,23 @@ def test_a_full_disk_never_stops_detection(tmpfs: Path, stream: Path, reserve: i
     assert len({r.getMessage().split(" (")[0] for r in errors}) == len(errors), "each kind of failure is logged once"
     assert all("detection goes on without this clip" in r.getMessage() for r in errors)
     assert not list((state / CLIPS_DIR).iterdir()), "nothing half-written is left"
+
+
+@pytest.mark.parametrize(("reserve", "said"), [
+    (0, "PASS clips: {root}: 1 clip(s), 0 judged, "),
+    (10**11, "FAIL clips: "),
+], ids=["room", "disk-too-full"])
+def test_check_says_whether_clips_will_be_kept(tmp_path: Path, stream: Path, reserve: int, said: str) -> None:
+    make_clip(ClipStore(tmp_path / "state", ClipsConfig(enabled=True, min_free_bytes=0), "pi-1"),
+              datetime.now(timezone.utc))
+    config = tmp_path / "config.toml"
+    config.write_text(f'device_id = "pi-1"\nsite = "s"\nstate_dir = "{tmp_path / "state"}"\n[model]\nbundle = "demo"\n'
+                      f'[clips]\nenabled = true\nmin_free_bytes = {reserve}\n'
+                      f'[[cameras]]\nid = "door"\nsource = "{stream}"\n')
+    done = subprocess.run([sys.executable, "-m", "edge", "check", "--config", str(config)], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith(said.format(root=tmp_path / "state" / CLIPS_DIR)), done.stdout
+    assert done.returncode == (0 if reserve == 0 else 1)
+    if reserve:
+        assert "under clips.min_free_bytes" in last and "no clip will be kept" in last
