@@ -69,7 +69,7 @@ def test_clips_are_off_by_default_and_a_misspelt_key_is_one_line() -> None:
 
 def test_an_incident_clip_holds_the_sampled_frames_from_before_its_start_to_its_end(
         tmp_path: Path, stream: Path) -> None:
-    daemon = run_daemon(tmp_path / "state", stream, pre_s=3.0)
+    daemon = run_daemon(tmp_path / "state", stream, pre_s=3.0, calm_s=1.0)  # the lead-in, not calm_s, sizes it
     start, end = (e for e in events(daemon) if e["type"] in ("start", "end"))
     store = daemon.clips
     assert store is not None

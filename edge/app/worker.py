@@ -32,7 +32,7 @@ class CameraWorker:
         self.sink = sink
         decision = config.decision_for(camera)
         self.recorder = None if clips is None else ClipRecorder(
-            clips, config.clips, camera.id, config.device_id, config.site, model.manifest, decision.threshold)
+            clips, config.clips, camera.id, config.device_id, config.site, model.manifest, decision)
         recorder = self.recorder
         self.pipeline = CameraPipeline(camera, decision, model, config.device_id, config.site,
                                        on_window=recorder.window if recorder else None,

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from edge.adapters.clips import ClipKind, ClipRecord, ClipStore, ClipWriter
-from edge.core.config import ClipsConfig
+from edge.core.config import ClipsConfig, DecisionConfig
 from edge.core.messages import ModelRef
 from edge.core.values import Frame, Output, Prediction
 from edge.preprocess import shrink
@@ -49,7 +49,7 @@ def clip_size(image: np.ndarray, width: int) -> tuple[int, int]:
 
 class ClipRecorder:
     def __init__(self, store: ClipStore, cfg: ClipsConfig, camera_id: str, device_id: str, site: str,
-                 manifest: Manifest, threshold: float) -> None:
+                 manifest: Manifest, decision: DecisionConfig) -> None:
         self.store = store
         self.cfg = cfg
         self.camera_id = camera_id
@@ -57,8 +57,11 @@ class ClipRecorder:
         self.site = site
         self.model = ModelRef(name=manifest.name, version=manifest.version, sha256=manifest.sha256)
         self.fps = 1.0 / manifest.sampling.frame_interval_s
-        self.threshold = threshold
-        span = max(cfg.pre_s, cfg.calm_s)
+        self.threshold = decision.threshold
+        # The start is sent start_windows windows (each hop sampled frames apart) after its started_at,
+        # so the lead-in reaches that much further back than pre_s from the moment it is written.
+        delay = decision.start_windows * decision.hop / self.fps
+        span = max(cfg.pre_s + delay, cfg.calm_s)
         self._recent: deque[tuple[float, datetime, np.ndarray]] = deque(maxlen=int(span * self.fps) + 2)  # JPEG
         self._clip: ClipWriter | None = None
         self._size: tuple[int, int] | None = None
