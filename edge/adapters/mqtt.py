@@ -398,6 +398,8 @@ class Publisher:
         if refused:  # once per connection, like the connection's own problems
             log.error("mqtt: the broker refused the subscription to %s (%s); verdicts will not arrive: let the device "
                       "read its feedback topic in the broker ACL", ", ".join(self._inbox), refused[0])
+        else:
+            log.info("mqtt: subscribed to %s", ", ".join(self._inbox))
 
     def _on_connect_fail(self, client: _Client, userdata: Any) -> None:
         self._problem(describe_connect_error(client.last_error, self.cfg))
