@@ -123,7 +123,7 @@ class ClipStore:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.root.chmod(0o700)
         except OSError as exc:
-            self.failure(f"cannot create the clips folder {self.root}", exc)
+            self.failure("cannot create the clips folder", exc, f" {self.root}")
             return
         self._drop_partials()
         self.prune()
@@ -143,7 +143,7 @@ class ClipStore:
                 raise OSError(f"OpenCV cannot open a {FOURCC} writer for {video.name}")
             self._write_record(record)
         except (OSError, cv2.error) as exc:
-            self.failure(f"cannot start a clip of camera {record.camera_id}", exc)
+            self.failure("cannot start a clip", exc, f" of camera {record.camera_id}")
             self.discard(record)
             return None
         return ClipWriter(self, record, writer, size)
@@ -164,7 +164,7 @@ class ClipStore:
                 self._write_record(record)
                 self._path(record, PARTIAL_SUFFIX).replace(video)
         except OSError as exc:
-            self.failure(f"cannot keep the clip {video.name}", exc)
+            self.failure("cannot keep a clip", exc, f" ({video.name})")
             self.discard(record)
             return None
         log.info("clip kept", extra={"fields": {"camera": record.camera_id, "kind": record.kind,
@@ -222,7 +222,7 @@ class ClipStore:
                     try:
                         self._write_record(record.model_copy(update={"feedback": feedback}))
                     except OSError as exc:
-                        self.failure(f"cannot record the verdict on {path.name}", exc)
+                        self.failure("cannot record a verdict", exc, f" on {path.name}")
                         return False
                     return True
         return False
@@ -263,10 +263,11 @@ class ClipStore:
                                                        "max_age_days": self.cfg.max_age_days}})
         return removed
 
-    def failure(self, what: str, exc: BaseException) -> None:
-        """Count a failure; the first of its kind is an error line, repeats are debug (a full disk repeats)."""
+    def failure(self, what: str, exc: BaseException, where: str = "") -> None:
+        """Count a failure; the first of its kind (``what``) is an error line, repeats are debug (a full disk
+        repeats); ``where`` names the file or camera in the line without making it another kind."""
         self.errors += 1
-        line = f"{what} ({getattr(exc, 'strerror', None) or exc}); detection goes on without this clip"
+        line = f"{what}{where} ({getattr(exc, 'strerror', None) or exc}); detection goes on without this clip"
         if what not in self._logged:
             self._logged.add(what)
             log.error("clips: %s", line)
