@@ -128,3 +128,14 @@ def test_verdicts_reach_the_device_through_the_documented_acl(acl_broker: Broker
     judged = [r for r, _ in clips if str(r.clip_id) == event_id]
     assert len(judged) == 1 and judged[0].verdict == "false_alarm" and judged[0].feedback is not None
     assert judged[0].feedback.judged_by == "op-7"
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["pi-1", str(INCIDENT), "maybe"], "--verdict ... 'maybe': the verdict must be false_alarm or confirmed"),
+    (["pi-1", "not-a-uuid", "confirmed"], "error: the verdict is not valid: 'not-a-uuid' is not a 'uuid'"),
+], ids=["unknown-verdict", "bad-event-id"])
+def test_the_subscriber_refuses_to_send_a_bad_verdict(args: list[str], said: str) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "subscriber.py"), "--broker", "mqtt://127.0.0.1:9",
+                           "--verdict", *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and said in done.stderr, done.stderr
+    assert "cannot connect" not in done.stderr, "checked before connecting"
