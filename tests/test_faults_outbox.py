@@ -10,25 +10,14 @@ import sqlite3
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from edge.adapters.outbox import Outbox, OutboxUnavailable
 from testbed.faults import checkpointed_outbox, fill_inodes, fill_space, unclean_wal
-from testbed.faults import tmpfs as mounted
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MB tmpfs with 64 inodes, or a skip where mounting is not allowed."""
-    with mounted(tmp_path / "tmpfs") as mnt:
-        if mnt is None:
-            pytest.skip("cannot mount a tmpfs here (needs root)")
-        yield mnt
 
 
 def test_intact_outbox_is_kept_when_it_cannot_be_opened_for_lack_of_inodes(

@@ -19,6 +19,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -57,6 +58,11 @@ class Topics:
     @property
     def check(self) -> str:
         return f"{self.base}/check"
+
+    @property
+    def feedback(self) -> str:
+        """Where a backend publishes verdicts for this device (the one topic the device subscribes to)."""
+        return f"{self.base}/feedback"
 
     def camera(self, camera_id: str, kind: str) -> str:
         """``events``, ``status`` or ``snapshot`` of one camera."""
@@ -193,6 +199,9 @@ class Publisher:
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+        self._inbox: dict[str, Callable[[bytes], None]] = {}  # subscribed topic -> handler
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._state: dict[str, bytes] = {}  # retained state, republished on every connect
@@ -281,6 +290,10 @@ class Publisher:
             if info.mid in self._others:
                 self._unsaved[info.mid] = len(payload)
         return True
+
+    def subscribe(self, topic: str, handler: Callable[[bytes], None]) -> None:
+        """Before ``start``: receive ``topic`` (QoS 1, subscribed again on every connect) into ``handler``."""
+        self._inbox[topic] = handler
 
     def notify(self) -> None:
         """A row was added to the outbox."""
@@ -378,9 +391,29 @@ class Publisher:
             state = [(self.topics.status, b"online"), *self._state.items()]
         for topic, payload in state:
             self._publish(topic, payload, qos=1, retain=True)
+        if self._inbox:
+            client.subscribe([(topic, 1) for topic in self._inbox])
         with self._wake:
             self._dirty = True
             self._wake.notify_all()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        handler = self._inbox.get(message.topic)
+        if handler is None:
+            return
+        try:
+            handler(message.payload)
+        except Exception:  # a bad message must never take the network thread (and with it the outbox) down
+            log.exception("mqtt: handling a message on %s failed", message.topic)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode],
+                      properties: Any) -> None:
+        refused = [r for r in reasons if r.is_failure]
+        if refused:  # once per connection, like the connection's own problems
+            log.error("mqtt: the broker refused the subscription to %s (%s); verdicts will not arrive: let the device "
+                      "read its feedback topic in the broker ACL", ", ".join(self._inbox), refused[0])
+        else:
+            log.info("mqtt: subscribed to %s", ", ".join(self._inbox))
 
     def _on_connect_fail(self, client: _Client, userdata: Any) -> None:
         self._problem(describe_connect_error(client.last_error, self.cfg))

@@ -1,4 +1,4 @@
-"""``rclstm-edge``: run, check, demo, schema, install, uninstall, replay and calibrate.
+"""``rclstm-edge``: run, check, demo, schema, install, uninstall, replay, calibrate and export-clips.
 
 Imports are deferred into the commands so ``rclstm-edge --help`` and a config error answer at once,
 and the daemon's start-up is not paid for by the commands that do not need OpenCV or the runtime.
@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--broker", help="also publish to this broker (mqtt://HOST:PORT)")
 
     schema = sub.add_parser("schema", help="print a JSON Schema")
-    schema.add_argument("name", choices=["event", "camera-status", "stats"])
+    schema.add_argument("name", choices=["event", "camera-status", "stats", "feedback"])
 
     install = sub.add_parser("install", help="provision this device: user, venv, config, credentials, unit")
     install.add_argument("--device-id", required=True,
@@ -103,6 +103,14 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--out", type=Path, default=Path("calibration"), help="folder for calibration.json/.png")
     calibrate.add_argument("--no-plots", action="store_true", help="skip the curve PNG (no matplotlib needed)")
 
+    export = sub.add_parser("export-clips", help="the judged incident clips (and calm ones) as a training dataset")
+    export.add_argument("out", type=Path, metavar="OUT", help="a new (or empty) folder to write the dataset into")
+    export.add_argument("--config", type=Path, help="the daemon's TOML config (its state_dir holds the clips)")
+    export.add_argument("--state-dir", type=Path, help="the daemon's state directory (overrides the config's)")
+    export.add_argument("--normal-label", default="normal", metavar="LABEL",
+                        help="class folder for false alarms and calm clips; confirmed incidents go under the label "
+                             "the model raised (default normal; map it in training with --class-map normal=LABEL)")
+
     uninstall = sub.add_parser("uninstall", help="remove the unit and venv (config and outbox kept unless --purge)")
     uninstall.add_argument("--root", type=Path, default=Path("/"))
     uninstall.add_argument("--purge", action="store_true", help="also remove config, credentials, outbox and user")
@@ -137,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             return _provision(args)
         if args.command in ("replay", "calibrate"):
             return _replay_or_calibrate(args)
+        if args.command == "export-clips":
+            return _export_clips(args)
         return _run(args)
     except ConfigError as exc:
         for problem in exc.problems:
@@ -239,6 +249,15 @@ def _replay_or_calibrate(args: argparse.Namespace) -> int:
     except (PlotsMissing, ConfigEditError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAIL
+
+
+def _export_clips(args: argparse.Namespace) -> int:
+    from edge.core.config import load_config
+    from edge.tools.export_clips import export_clips
+
+    state_dir = args.state_dir or load_config(args.config).state_dir
+    print(export_clips(state_dir, args.out, args.normal_label).summary())
+    return EXIT_OK
 
 
 def apply_flags(config: Config, args: argparse.Namespace) -> Config:

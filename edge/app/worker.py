@@ -12,23 +12,31 @@ import threading
 import time
 from datetime import datetime, timezone
 
+from edge.adapters.clips import ClipStore
 from edge.adapters.runtime import BundleModel
 from edge.adapters.sources import CameraSource
 from edge.core.config import CameraConfig, Config
 from edge.core.messages import CameraStats, CameraStatus
 from edge.core.values import Output, SourceState
 from edge.sinks.base import Sink
+from edge.sinks.clips import ClipRecorder
 from edge.stages.pipeline import CameraPipeline
 
 log = logging.getLogger(__name__)
 
 
 class CameraWorker:
-    def __init__(self, camera: CameraConfig, config: Config, model: BundleModel, sink: Sink) -> None:
+    def __init__(self, camera: CameraConfig, config: Config, model: BundleModel, sink: Sink,
+                 clips: ClipStore | None = None) -> None:
         self.camera = camera
         self.sink = sink
-        self.pipeline = CameraPipeline(camera, config.decision_for(camera), config.classifier_for(camera), model,
-                                       config.device_id, config.site)
+        decision, classifier = config.decision_for(camera), config.classifier_for(camera)
+        self.recorder = None if clips is None else ClipRecorder(
+            clips, config.clips, camera.id, config.device_id, config.site, model.manifest, decision, classifier.hop)
+        recorder = self.recorder
+        self.pipeline = CameraPipeline(camera, decision, classifier, model, config.device_id,
+                                       config.site, on_window=recorder.window if recorder else None,
+                                       on_sampled=recorder.sampled if recorder else None)
         self.source = CameraSource(camera, on_state=self._source_state)
         self.thread: threading.Thread | None = None
         self.started = time.monotonic()
@@ -70,13 +78,19 @@ class CameraWorker:
             log.exception("camera %s stopped: %s", self.camera.id, self.error)
         finally:
             self._emit(self.pipeline.finish())
+            if self.recorder is not None:
+                self.recorder.close()
 
     def _source_state(self, state: SourceState) -> None:
         if state.reason is not None:
             self._emit(self.pipeline.gap(state.reason))
+            if self.recorder is not None:
+                self.recorder.gap()
         status = CameraStatus(online=state.online, reason=state.text, since=datetime.now(timezone.utc))
         self.sink.camera_state(self.camera.id, status)
 
     def _emit(self, outputs: list[Output]) -> None:
         for output in outputs:
             self.sink.emit(self.camera.id, output)
+            if self.recorder is not None:
+                self.recorder.output(output)

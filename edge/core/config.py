@@ -254,6 +254,30 @@ class OutboxConfig(_Section):
     open_retry_s: float = Field(60.0, ge=0.0, le=3600.0)
 
 
+class ClipsConfig(_Section):
+    """Incident clips kept on the device for retraining (off by default: they are video of people).
+
+    Each incident keeps the sampled frames from ``pre_s`` before its start to its end (at most
+    ``max_s``), ``width`` pixels wide, as a small video in ``state_dir/clips``; a camera that stayed
+    below its threshold for ``calm_s`` gives a calm clip at most every ``calm_every_s`` as a
+    negative example (0 turns calm clips off). The folder is kept under ``max_bytes`` and clips
+    older than ``max_age_days`` are deleted, oldest first. The defaults keep a clip of a typical
+    incident (15-30 s at the model's 10-15 frames per second, about 100 kB per 10 s at 256 pixels)
+    for a month within 200 MB of an SD card.
+    """
+
+    enabled: bool = False
+    pre_s: float = Field(5.0, ge=0.0, le=60.0)
+    max_s: float = Field(60.0, gt=0.0, le=600.0)
+    width: int = Field(256, ge=32, le=1280)
+    calm_s: float = Field(10.0, gt=0.0, le=600.0)
+    calm_every_s: float = Field(21600.0, ge=0.0, le=30 * 86400.0)
+    max_bytes: int = Field(200_000_000, ge=100_000, le=100_000_000_000)
+    max_age_days: float = Field(30.0, gt=0.0, le=3650.0)
+    # No clip starts with less than this free on the disk: the outbox must still find room for events.
+    min_free_bytes: int = Field(50_000_000, ge=0, le=100_000_000_000)
+
+
 class Config(_Section):
     device_id: str = Field(default_factory=lambda: _default_device_id(), pattern=ID_PATTERN)
     site: str = Field("default", min_length=1, max_length=100)
@@ -264,6 +288,7 @@ class Config(_Section):
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     decision: DecisionConfig = Field(default_factory=DecisionConfig)
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    clips: ClipsConfig = Field(default_factory=ClipsConfig)
     cameras: list[CameraConfig] = Field(default_factory=lambda: [CameraConfig(id="cam0", source=0)], min_length=1)
 
     @model_validator(mode="after")

@@ -53,6 +53,8 @@ def run_checks(path: Path) -> int:
     results.append(_line(*_check_model(config, frame)))
     results.append(_line(*_check_broker(config)))
     results.append(_line(*_check_state_dir(config)))
+    if config.clips.enabled:
+        results.append(_line(*_check_clips(config)))
     return EXIT_OK if all(results) else EXIT_FAIL
 
 
@@ -126,6 +128,28 @@ def _check_state_dir(config: Config) -> tuple[bool, str, str]:
     depth = box.depth()
     box.close()
     return True, item, f"outbox {directory / OUTBOX_NAME} opens ({depth} message(s) waiting)"
+
+
+def _check_clips(config: Config) -> tuple[bool, str, str]:
+    """Room for clips where the daemon keeps them; reads only (check may run as root, the daemon does not)."""
+    import shutil
+
+    from edge.adapters.clips import CLIPS_DIR, list_clips
+
+    item, cfg = "clips", config.clips
+    problem = _unwritable(config.state_dir)
+    if problem:
+        return False, item, problem
+    free = shutil.disk_usage(config.state_dir).free
+    if free < cfg.min_free_bytes:
+        return False, item, (f"{free // 1_000_000} MB free in {config.state_dir}, under clips.min_free_bytes "
+                             f"({cfg.min_free_bytes // 1_000_000} MB): no clip will be kept; free space or lower it")
+    root = config.state_dir / CLIPS_DIR
+    kept = list_clips(root) if root.is_dir() else []
+    judged = sum(1 for record, _ in kept if record.verdict is not None)
+    verdicts = "" if config.mqtt.url else "; no broker, so no verdicts arrive"
+    return True, item, (f"{root}: {len(kept)} clip(s), {judged} judged, {free // 1_000_000} MB free "
+                        f"(at most {cfg.max_bytes // 1_000_000} MB, {cfg.max_age_days:g} days){verdicts}")
 
 
 def _unwritable(directory: Path) -> str | None:

@@ -22,7 +22,7 @@ from edge.adapters.outbox import OUTBOX_NAME, IncidentMark, Outbox, usable_state
 from edge.core.config import Config, resolve_password
 from edge.core.messages import CameraStatus, Event, Stats, message_json
 from edge.core.values import Output
-from edge.sinks.base import Delivery, Sink
+from edge.sinks.base import Delivery, FeedbackHandler, Sink
 from edge.stages.events import interrupted_end
 
 log = logging.getLogger(__name__)
@@ -43,12 +43,18 @@ class MqttSink(Sink):
         self._held_bytes = 0
         self.lost = 0  # held messages dropped because the queue overflowed
         self._held_lock = threading.Lock()  # every camera thread queues messages
+        self._feedback: FeedbackHandler | None = None
+
+    def listen_feedback(self, handler: FeedbackHandler) -> None:
+        self._feedback = handler
 
     def open(self, camera_ids: list[str], model: str) -> None:
         cfg, box = self.config.mqtt, self.config.outbox
         self.outbox = Outbox(usable_state_dir(self.config.state_dir) / OUTBOX_NAME, box.max_rows, box.max_bytes,
                              box.open_retry_s)
         self.publisher = Publisher(cfg, self.config.device_id, self.outbox, resolve_password(cfg))
+        if self._feedback is not None:
+            self.publisher.subscribe(self.topics.feedback, self._feedback)
         self.publisher.start()
         self._close_interrupted(self.outbox, self.publisher)
         if cfg.homeassistant:

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 # Sees every classified window after the decision took it in (replay and calibration need the scores
 # between transitions too, and the decider's state that window left behind).
 WindowHook = Callable[[Prediction], None]
+# Sees every sampled frame before it is classified (incident clips keep what the model saw).
+SampleHook = Callable[[Frame], None]
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +53,14 @@ class CameraPipeline:
         device_id: str,
         site: str,
         on_window: WindowHook | None = None,
+        on_sampled: SampleHook | None = None,
     ) -> None:
         self.camera = camera
         self.model = model
         self.device_id = device_id
         self.site = site
         self.on_window = on_window
+        self.on_sampled = on_sampled
         self.sampler = Sampler(model.manifest.sampling.frame_interval_s)
         self.classifier = StreamClassifier(model, classifier.hop, classifier.scene_cut)
         self.decider = Decider(decision)
@@ -79,6 +83,8 @@ class CameraPipeline:
         sampled = self.sampler.offer(frame)
         if sampled is None:
             return []
+        if self.on_sampled is not None:
+            self.on_sampled(sampled)
         prediction = self.classifier.push(sampled)
         if prediction is None:
             return []
