@@ -58,7 +58,7 @@ from edge.bundle import (
     sha256_file,
     write_manifest,
 )
-from edge.preprocess import PREPROCESS_VERSION, REPRESENTATIONS, Representation, channels_for
+from edge.preprocess import PREPROCESS_VERSION, REPRESENTATIONS, Representation, channels_for, input_shape
 from edge.verify import time_model
 
 FLOAT_TOLERANCE = 1e-5
@@ -148,7 +148,7 @@ def _flex_ops(message: str) -> list[str]:
     return sorted(ops)
 
 
-def _export(twins: Any, frames: int, size: int, channels: int, workdir: Path) -> list[str]:
+def _export(twins: Any, frames: int, frame_shape: tuple[int, ...], workdir: Path) -> list[str]:
     """A SavedModel with one endpoint per signature; returns the signature keys."""
     import keras
     import tensorflow as tf
@@ -160,7 +160,7 @@ def _export(twins: Any, frames: int, size: int, channels: int, workdir: Path) ->
         archive.track(cls)
         width = int(enc.output_shape[-1])
         archive.add_endpoint("encode", lambda x: {"features": enc(x)},
-                             input_signature=[tf.TensorSpec((1, size, size, channels), tf.float32, name="frame")])
+                             input_signature=[tf.TensorSpec((1, *frame_shape), tf.float32, name="frame")])
         archive.add_endpoint("classify", lambda x: {"probs": cls(x)},
                              input_signature=[tf.TensorSpec((1, frames, width), tf.float32, name="features")])
         keys = ["encode", "classify"]
@@ -168,7 +168,7 @@ def _export(twins: Any, frames: int, size: int, channels: int, workdir: Path) ->
         win = twins.window
         archive.track(win)
         archive.add_endpoint("window", lambda x: {"probs": win(x)},
-                             input_signature=[tf.TensorSpec((1, frames, size, size, channels), tf.float32,
+                             input_signature=[tf.TensorSpec((1, frames, *frame_shape), tf.float32,
                                                             name="frames")])
         keys = ["window"]
     archive.write_out(str(workdir), verbose=False)
@@ -375,12 +375,12 @@ def convert(opts: ConvertOptions) -> Report:
         raise ConvertError(f"--representation {representation!r} is not one of {', '.join(REPRESENTATIONS)}")
     frames, size = (run.frames, run.size) if run else (20, 64)
     sampling = run.window_sampling() if run else WindowSampling("spread", frames)
-    expected = (frames, size, size, channels_for(representation))
+    expected = (frames, *input_shape(representation, size, size))
     actual = tuple(model.input_shape[1:])
     if actual != expected:
         raise ConvertError(
             f"{opts.model}: model input is {'x'.join(map(str, actual))} but the bundle needs "
-            f"{'x'.join(map(str, expected))} (frames x size x size x channels for representation {representation!r}); "
+            f"{'x'.join(map(str, expected))} (frames x model input for representation {representation!r}); "
             "train with matching --frames/--size/--representation"
         )
     data = held_out(run, split, opts.data, opts.cache, frames, size)
@@ -428,7 +428,7 @@ def convert(opts: ConvertOptions) -> Report:
         raise ConvertError(f"{out}: exists and is not a bundle; choose another --out")
     with tempfile.TemporaryDirectory(prefix="rclstm-convert-") as tmp:
         work = Path(tmp)
-        keys = _export(twins, frames, size, channels_for(representation), work / "saved")
+        keys = _export(twins, frames, input_shape(representation, size, size), work / "saved")
         log(f"converting ({opts.quantize}, builtin ops only)...")
         flat = _tflite_bytes(work / "saved", keys, opts.quantize, twins, calibration)
         bundle = work / "bundle"

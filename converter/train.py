@@ -23,7 +23,7 @@ import numpy as np
 
 from converter import dataset as ds
 from converter.metrics import scores, summarize, table
-from converter.models import build_convlstm, build_rclstm
+from converter.models import build_convlstm, build_flowlstm, build_rclstm
 from converter.runs import RunRecord, SourceRecord, SplitRecord
 from converter.sampling import DEFAULT_HOP, DEFAULT_INTERVAL_S, DEFAULT_METHOD, SamplingMethod, WindowSampling
 from converter.sources import Source, unique_sources
@@ -146,6 +146,9 @@ def build_model(opts: TrainOptions, num_classes: int) -> keras.Model:
     channels = channels_for(opts.representation)
     if opts.arch == "convlstm":
         return build_convlstm(num_classes, opts.frames, opts.size, channels, learning_rate=opts.learning_rate)
+    if opts.representation == "flow":
+        return build_flowlstm(num_classes, opts.frames, channels, dropout=opts.dropout, lstm_units=opts.lstm_units,
+                              learning_rate=opts.learning_rate)
     return build_rclstm(num_classes, opts.frames, opts.size, channels, opts.filters, opts.pools, opts.dropout,
                         opts.lstm_units, opts.learning_rate)
 
@@ -256,6 +259,8 @@ def load(opts: TrainOptions) -> ds.Dataset:
     """Check the options and load every source; DataError / ValueError name the flag and the fix."""
     if opts.arch not in ("rclstm", "convlstm"):
         raise ValueError(f"--arch {opts.arch!r} is not rclstm or convlstm")
+    if opts.arch == "convlstm" and opts.representation == "flow":
+        raise ValueError("--representation flow is a feature vector per frame, not an image; use --arch rclstm")
     if opts.augment not in ds.AUGMENTS:
         raise ValueError(f"--augment {opts.augment!r} is not one of {', '.join(ds.AUGMENTS)}")
     if not opts.interval > 0 or opts.hop < 1:
