@@ -240,6 +240,10 @@ def _run(args: argparse.Namespace) -> int:
             protocols=args.protocols, resamples=args.bootstrap, plots=not args.no_plots, argv=sys.argv[1:],
         ))
         print(summary_table(results))
+        if "decision_sweep" in results:
+            from converter.decision_sweep import sweep_table
+
+            print(sweep_table(results["decision_sweep"]))
         print(f"wrote {args.out}")
         return 0
     from converter.convert import ConvertOptions, convert

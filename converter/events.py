@@ -115,9 +115,9 @@ def stream_scores(player: Player, stream: Stream) -> tuple[np.ndarray, np.ndarra
     prepared = stream.frames[samples].astype(np.float32) * np.float32(SCALE)
     inputs = []
     for k in range(1, len(prepared)):
-        previous = prepared[k - 1]
+        previous: np.ndarray | None = prepared[k - 1]
         if changed_fraction(prepared[k], previous) > settings.scene_cut:
-            previous = prepared[k]  # the daemon reads a cut as no movement
+            previous = None  # the daemon reads a cut as no movement
         inputs.append(model_input(prepared[k], previous, player.representation))
     starts = list(range(0, len(inputs) - frames + 1, settings.hop))
     if not starts:
@@ -130,11 +130,11 @@ def stream_scores(player: Player, stream: Stream) -> tuple[np.ndarray, np.ndarra
     return ts, np.clip(np.concatenate(scores), 0.0, 1.0)
 
 
-def span_alarms(stream: Stream, incidents: Sequence[tuple[float, float]], window_s: float) -> list[bool]:
+def span_alarms(spans: Sequence[Span], incidents: Sequence[tuple[float, float]], window_s: float) -> list[bool]:
     """Per span: found (anomalous span) or false alarm (calm span), by the rules in the module docstring."""
     placed = [(alert - window_s / 2, closed) for alert, closed in incidents]
     out = []
-    for span in stream.spans:
+    for span in spans:
         if span.anomalous:
             out.append(any(start <= span.end and closed >= span.start for start, closed in placed))
         else:
@@ -142,15 +142,21 @@ def span_alarms(stream: Stream, incidents: Sequence[tuple[float, float]], window
     return out
 
 
-def score_streams(player: Player, streams: Sequence[Stream]) -> list[dict[str, object]]:
-    """One unit per span: its clip, group, source, truth and whether the daemon alarmed, plus the incidents."""
+def score_streams(
+    player: Player, streams: Sequence[Stream]
+) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """One unit per span (its clip, group, source, truth, whether the daemon alarmed, the incidents), and
+    per stream its window times and scores, so other decision settings can be replayed without the model."""
     units: list[dict[str, object]] = []
+    windows: list[dict[str, object]] = []
     for stream in streams:
         ts, scores = stream_scores(player, stream)
+        windows.append({"stream": stream.name, "source": stream.source, "ts": [round(float(t), 3) for t in ts],
+                        "scores": [round(float(s), 4) for s in scores]})
         found = incident_times(ts, scores, player.settings)
-        for span, alarm in zip(stream.spans, span_alarms(stream, found, player.window_s), strict=True):
+        for span, alarm in zip(stream.spans, span_alarms(stream.spans, found, player.window_s), strict=True):
             units.append({"stream": stream.name, "clip": span.clip, "group": stream.group, "source": stream.source,
                           "start_s": round(span.start, 3), "end_s": round(span.end, 3), "anomalous": span.anomalous,
                           "alarm": alarm, "spliced": stream.spliced, "windows": len(ts),
                           "incidents": [[round(a, 3), round(c, 3)] for a, c in found]})
-    return units
+    return units, windows

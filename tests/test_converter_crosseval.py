@@ -96,10 +96,10 @@ def test_span_rules_found_and_false_alarm() -> None:
                     True)
     window_s = 2.0
     # Alert at 4.5 s: its window's middle (3.5 s) is in the fight; it stays open into calm2 but did not start there.
-    assert span_alarms(stream, [(4.5, 7.0)], window_s) == [False, True, False]
+    assert span_alarms(stream.spans, [(4.5, 7.0)], window_s) == [False, True, False]
     # Alert at 5.5 s (placed at 4.5 s, in calm2), closing at 8 s: a false alarm in calm2; the fight is missed.
-    assert span_alarms(stream, [(5.5, 8.0)], window_s) == [False, False, True]
-    assert span_alarms(stream, [], window_s) == [False, False, False]
+    assert span_alarms(stream.spans, [(5.5, 8.0)], window_s) == [False, False, True]
+    assert span_alarms(stream.spans, [], window_s) == [False, False, False]
 
 
 def test_stream_windows_follow_the_device_grid() -> None:
@@ -223,3 +223,35 @@ def test_train_and_evaluate_on_two_sources_with_a_class_map(
     assert main(["convert", str(run_dir / "model.keras"), "--out", str(tmp_path / "b3"), "--crosseval",
                  str(run_dir / "run.json"), "--cache", cache]) == 2
     assert "not a crosseval results.json" in capsys.readouterr().err
+
+
+def _sweep_input() -> dict:
+    """Recorded window scores of two held-out sources, as crosseval writes them (windows of 2 s at 0.1 s).
+
+    Source a's fight scores 0.6 (found only below a 0.6 threshold) and its calm clip 0.45; source b's
+    fight scores 0.9 and its calm clip 0.55, so a threshold of 0.6 with one window is the only
+    setting that is right everywhere.
+    """
+    ts = [2.0 + 0.4 * i for i in range(8)]
+    units, streams = [], []
+    for source, fight, calm in (("a", 0.6, 0.45), ("b", 0.9, 0.55)):
+        for clip, score, anomalous in (("fight", fight, True), ("calm", calm, False)):
+            name = f"{source}/{clip}"
+            units.append({"protocol": "loso", "seed": 0, "level": "event", "stream": name, "clip": name,
+                          "group": name, "source": source, "start_s": 0.0, "end_s": 5.0, "anomalous": anomalous})
+            streams.append({"protocol": "loso", "seed": 0, "stream": name, "source": source, "ts": ts,
+                            "scores": [score] * len(ts)})
+    return {"options": {"frames": 20}, "event_interval_s": 0.1, "decision": decision_defaults().model_dump(),
+            "units": units, "streams": streams}
+
+
+def test_decision_sweep_picks_the_setting_best_on_the_worst_source() -> None:
+    from converter.decision_sweep import replay, sweep_results, sweep_table
+
+    results = _sweep_input()
+    current = replay(results, decision_defaults())  # threshold 0.7: a's fight is missed
+    assert current["a"]["recall"] == 0.0 and current["b"]["balanced_accuracy"] == 1.0
+    sweep = sweep_results(results, thresholds=(0.4, 0.6, 0.7), start_windows=(1, 3))
+    assert (sweep["best"]["threshold"], sweep["best"]["worst_balanced_accuracy"]) == (0.6, 1.0)
+    assert sweep["current"]["worst_balanced_accuracy"] == 0.5
+    assert len(sweep["rows"]) == 6 and "threshold 0.60" in sweep_table(sweep)
