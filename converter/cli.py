@@ -73,7 +73,7 @@ def _sampling_args(parser: argparse.ArgumentParser) -> None:
                         help=f"seconds between sampled frames with --sampling interval (default {DEFAULT_INTERVAL_S})")
     parser.add_argument("--hop", type=int, default=DEFAULT_HOP,
                         help=f"sampled frames between evaluation windows with --sampling interval; the device's "
-                             f"decision.hop (default {DEFAULT_HOP})")
+                             f"classifier.hop (default {DEFAULT_HOP})")
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:

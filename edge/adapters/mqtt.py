@@ -31,6 +31,11 @@ from edge.core.config import ConfigError, MqttConfig, resolve_key_file
 log = logging.getLogger(__name__)
 
 MAX_INFLIGHT = 20
+# Bytes of messages the outbox could not store that paho may hold in memory at once. paho's own queue has
+# no bound, and while SQLite fails and the broker is away it would grow with every event; past this the
+# sink holds them (bounded too) until the outbox takes them again. 4 MB: thousands of events, or 40
+# snapshots of the largest size allowed.
+MAX_UNSAVED_BYTES = 4_000_000
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 60
 
@@ -171,11 +176,13 @@ class Publisher:
         outbox: Outbox | None,
         password: str | None,
         max_inflight: int = MAX_INFLIGHT,
+        max_unsaved_bytes: int = MAX_UNSAVED_BYTES,
     ) -> None:
         self.cfg = cfg
         self.topics = Topics(cfg.prefix, device_id)
         self.outbox = outbox
         self.max_inflight = max_inflight
+        self.max_unsaved_bytes = max_unsaved_bytes
         self.connected = threading.Event()
         self.acked = 0
         self.rejected = 0
@@ -191,7 +198,8 @@ class Publisher:
         self._state: dict[str, bytes] = {}  # retained state, republished on every connect
         self._rows: dict[int, int] = {}  # paho mid -> outbox row id, for rows handed to paho
         self._others: set[int] = set()  # mids of messages outside the outbox
-        self._unsaved: set[int] = set()  # mids of those among them the outbox could not store (lost if unacked)
+        # mid -> size of those among them the outbox could not store (lost if unacked)
+        self._unsaved: dict[int, int] = {}
         self._early: dict[int, ReasonCode | None] = {}  # acks that arrived before publish() returned
         self._last_sent: int | None = None
         self._dirty = False  # something changed since the drainer last looked (no lost wake-ups)
@@ -258,15 +266,21 @@ class Publisher:
         if self.connected.is_set():
             self._publish(topic, json.dumps(data, separators=(",", ":")).encode(), qos=qos, retain=False)
 
-    def publish_direct(self, topic: str, payload: bytes, qos: int = 1) -> None:
-        """A message kept only in paho's memory: what the outbox could not store (SQLite failed)."""
+    def publish_direct(self, topic: str, payload: bytes, qos: int = 1) -> bool:
+        """A message kept only in paho's memory: what the outbox could not store (SQLite failed).
+
+        False, and nothing queued, when that memory already holds ``max_unsaved_bytes`` or paho refused
+        it: the caller keeps the message until the outbox can store it."""
+        with self._lock:
+            if sum(self._unsaved.values()) + len(payload) > self.max_unsaved_bytes:
+                return False
         info = self._publish(topic, payload, qos=qos, retain=False)
         if info is None:
-            log.error("mqtt: a message for %s that could not be stored could not be queued either; lost", topic)
-            return
+            return False
         with self._lock:
             if info.mid in self._others:
-                self._unsaved.add(info.mid)
+                self._unsaved[info.mid] = len(payload)
+        return True
 
     def notify(self) -> None:
         """A row was added to the outbox."""
@@ -344,7 +358,7 @@ class Publisher:
             if row_id is None:
                 if mid in self._others:
                     self._others.discard(mid)
-                    self._unsaved.discard(mid)
+                    self._unsaved.pop(mid, None)
                 else:
                     self._early[mid] = reason
                 return

@@ -115,12 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     from edge.bundle import BundleError
     from edge.core.config import ConfigError
 
-    if args.command not in ("schema", "uninstall"):
-        # A broken recording or stream gets one line from us; FFmpeg's and OpenCV's own complaints
-        # (thousands of non-logfmt lines) would bury it, in every command that opens a source.
-        from edge.adapters.logs import quiet_native_logs
+    if args.command in ("run", "demo", "check", "replay", "calibrate"):
+        # Every command that opens a source: FFmpeg's and OpenCV's own complaints come through our logger,
+        # in logfmt and rate-limited, instead of thousands of raw lines on stderr (or stdout).
+        from edge.adapters.logs import route_native_logs
 
-        quiet_native_logs()
+        route_native_logs()
     try:
         if args.command == "schema":
             from edge.core.messages import schema_text
@@ -190,8 +190,10 @@ def _provision(args: argparse.Namespace) -> int:
         if args.root.resolve() != Path("/"):
             print("note     check skipped: the config under --root names paths of the target system")
             return EXIT_OK
+        from edge.adapters.logs import route_native_logs
         from edge.provision.check import run_checks
 
+        route_native_logs()  # only now: the venv and systemctl steps before write their own stderr
         return run_checks(args.root / "etc/rclstm-edge/config.toml")
     return EXIT_OK
 
@@ -206,6 +208,8 @@ def _replay_or_calibrate(args: argparse.Namespace) -> int:
 
     logs.setup("error")
     config = load_config(args.config)
+    for note in config.deprecations:
+        print(f"warning: config: {note}", file=sys.stderr)
     try:
         if args.command == "replay":
             from edge.tools.replay import replay, summary
@@ -272,11 +276,11 @@ def _run(args: argparse.Namespace) -> int:
     config = apply_flags(load_config(args.config), args)
     _missing_file(config, args.source)
     logs.setup(config.log_level)
-    warning = secret_exposure_warning(args.config, config.mqtt)
-    if warning:
-        import logging
+    import logging
 
-        logging.getLogger("edge").warning(warning)
+    for warning in [secret_exposure_warning(args.config, config.mqtt), *config.deprecations]:
+        if warning:
+            logging.getLogger("edge").warning(warning)
     from edge.app.daemon import Daemon
     from edge.sinks import sink_for
 

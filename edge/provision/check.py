@@ -7,11 +7,9 @@ frame the first camera really delivered, through the same preprocessing as the d
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,24 +23,12 @@ def _line(ok: bool, item: str, reason: str) -> bool:
     return ok
 
 
-@contextlib.contextmanager
-def _native_stderr_quiet() -> Iterator[None]:
-    """OpenCV and FFmpeg print their own lines ("[tcp @ 0x...] ...", "[ WARN:0@0.02] global cap.cpp ...")
-    straight to file descriptor 2; check's output is its PASS/FAIL lines, each with the reason."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def run_checks(path: Path) -> int:
+    """Every item's PASS/FAIL line on stdout. Logs go through the logger at error only: OpenCV's and FFmpeg's
+    warnings about a camera ("[tcp @ 0x...] Connection refused") repeat what its FAIL line says."""
+    from edge.adapters import logs
+
+    logs.setup("error")
     try:
         config = load_config(path)
     except ConfigError as exc:
@@ -50,9 +36,9 @@ def run_checks(path: Path) -> int:
             _line(False, "config", problem)
         return EXIT_USAGE
     results = [_line(True, "config", f"{path} is valid ({len(config.cameras)} camera(s))")]
-    warning = secret_exposure_warning(path, config.mqtt)
-    if warning:
-        print(f"WARN config: {warning}", flush=True)
+    for warning in [secret_exposure_warning(path, config.mqtt), *config.deprecations]:
+        if warning:
+            print(f"WARN config: {warning}", flush=True)
     if "site" not in config.model_fields_set:
         print('WARN config: site is not set, so every event says site "default"; set site = "STORE" '
               "(install --site sets it)", flush=True)
@@ -61,8 +47,7 @@ def run_checks(path: Path) -> int:
     set_v4l2_select_timeout(config.cameras)
     frame = None
     for camera in config.cameras:
-        with _native_stderr_quiet():
-            ok, reason, image = _check_camera(camera)
+        ok, reason, image = _check_camera(camera)
         results.append(_line(ok, f"camera {camera.id}", reason))
         frame = image if frame is None else frame
     results.append(_line(*_check_model(config, frame)))

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge.core.config import CameraConfig, DecisionConfig
+from edge.core.config import CameraConfig, ClassifierConfig, DecisionConfig
 from edge.core.messages import ChainStats, EndReason
 from edge.core.values import Frame, OfflineReason, Output, Prediction, Transition
 from edge.preprocess import bound_frame
@@ -46,6 +46,7 @@ class CameraPipeline:
         self,
         camera: CameraConfig,
         decision: DecisionConfig,
+        classifier: ClassifierConfig,
         model: BundleModel,
         device_id: str,
         site: str,
@@ -57,7 +58,7 @@ class CameraPipeline:
         self.site = site
         self.on_window = on_window
         self.sampler = Sampler(model.manifest.sampling.frame_interval_s)
-        self.classifier = StreamClassifier(model, decision.hop, decision.scene_cut)
+        self.classifier = StreamClassifier(model, classifier.hop, classifier.scene_cut)
         self.decider = Decider(decision)
         self.frames_in = 0
         self.events = 0
