@@ -151,7 +151,7 @@ def test_crosseval_end_to_end_writes_every_field(crosseval_out: Path) -> None:
     assert (out / "crosseval.png").read_bytes()[:4] == b"\x89PNG"
     assert set(results) == {"created_at", "argv", "options", "sources", "labels", "anomaly_labels", "class_map",
                             "grouping", "sampling", "event_interval_s", "decision", "classifier", "seeds", "protocols",
-                            "bootstrap", "complete", "summary", "runs", "units"}
+                            "bootstrap", "complete", "summary", "runs", "units", "streams", "decision_sweep"}
     assert results["complete"] is True
     assert [s["name"] for s in results["sources"]] == ["short", "far"]
     assert results["sampling"]["method"] == "interval" and results["decision"]["start_windows"] == 3
@@ -173,6 +173,20 @@ def test_crosseval_end_to_end_writes_every_field(crosseval_out: Path) -> None:
     event_units = [u for u in results["units"] if u["level"] == "event"]
     assert {"stream", "clip", "group", "source", "start_s", "end_s", "anomalous", "alarm", "incidents"} <= set(
         event_units[0])
+    # Every event stream's window scores are kept, and replaying them at the shipped settings gives the same alarms.
+    assert {(u["protocol"], u["seed"], u["stream"]) for u in event_units} == {
+        (w["protocol"], w["seed"], w["stream"]) for w in results["streams"]}
+    from converter.decision_sweep import replay
+    from converter.device_rule import decision_defaults
+
+    again = replay(results, decision_defaults())
+    for source in ("short", "far"):
+        mine = [u for u in event_units if u["protocol"] == "loso" and u["source"] == source]
+        assert again[source]["units"] == len(mine)
+        assert again[source]["recall"] == rows["loso", "event", source]["metrics"]["recall"]["value"]
+    sweep = results["decision_sweep"]
+    assert sweep["protocol"] == "loso" and len(sweep["rows"]) == 52
+    assert sweep["best"]["worst_balanced_accuracy"] >= sweep["current"]["worst_balanced_accuracy"]
 
 
 @pytest.mark.slow
