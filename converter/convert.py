@@ -51,6 +51,7 @@ from edge.bundle import (
     Manifest,
     Metrics,
     Quantization,
+    RecommendedDecision,
     RuntimeCheck,
     Sampling,
     SignatureSpec,
@@ -348,6 +349,19 @@ def _crosseval_rows(opts: ConvertOptions, notes: list[str]) -> list[SourceResult
     return rows
 
 
+def _recommended_decision(opts: ConvertOptions, log: Callable[[str], None]) -> RecommendedDecision | None:
+    """The decision settings crosseval's sweep chose for this recipe on held-out sources, if it ran one."""
+    if opts.crosseval is None:
+        return None
+    from converter.crosseval import manifest_decision
+
+    chosen = manifest_decision(opts.crosseval)
+    if chosen:
+        log(f"decision settings for the bundle: threshold {chosen.threshold}, start_windows {chosen.start_windows} "
+            f"({chosen.chosen_by})")
+    return chosen
+
+
 def _verify_python(opts: ConvertOptions) -> Path | None:
     if opts.verify_python:
         return Path(opts.verify_python)
@@ -417,6 +431,7 @@ def convert(opts: ConvertOptions) -> Report:
             "verified_runtimes": checks, "metrics": _manifest_metrics(inputs, opts, parity, work),
             "budget": _device_budget(inputs, timings, manifest, opts.log),
             "data": _training_data(inputs.run, opts.licences), "crosseval": _crosseval_rows(opts, notes),
+            "decision": _recommended_decision(opts, opts.log),
         })
         write_manifest(bundle, manifest)
         if out.exists():

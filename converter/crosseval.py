@@ -40,7 +40,7 @@ from converter.device_rule import classifier_defaults, decision_defaults
 from converter.events import Player, clip_stream, needs_splice, score_streams, spliced_streams
 from converter.splits import PROTOCOLS, Split, group_split, leave_one_source_out
 from converter.train import TEST_FRACTION, TrainOptions, fit, load, strata
-from edge.bundle import Figure, SourceResult
+from edge.bundle import Figure, RecommendedDecision, SourceResult
 
 RESULTS_NAME = "results.json"
 PLOT_NAME = "crosseval.png"
@@ -235,6 +235,19 @@ def manifest_rows(path: Path) -> tuple[list[SourceResult], bool]:
         raise ds.DataError(f"{path}: not a crosseval results.json ({exc}); pass the file `crosseval --out` wrote") \
             from None
     return rows, bool(results.get("complete"))
+
+
+def manifest_decision(path: Path) -> RecommendedDecision | None:
+    """The sweep's chosen decision settings as the manifest records them (None for a run without a sweep)."""
+    results = json.loads(Path(path).read_text(encoding="utf-8"))
+    sweep = results.get("decision_sweep")
+    if not sweep:
+        return None
+    best, current = sweep["best"], sweep["current"]
+    return RecommendedDecision(
+        threshold=best["threshold"], start_windows=best["start_windows"],
+        chosen_by=f"crosseval {sweep['protocol']} sweep: worst held-out source's event balanced accuracy "
+                  f"{best['worst_balanced_accuracy']:.3f} (shipped defaults: {current['worst_balanced_accuracy']:.3f})")
 
 
 def summary_table(results: dict[str, Any]) -> str:

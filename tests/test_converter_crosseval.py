@@ -13,6 +13,7 @@ from converter.bootstrap import METRICS, group_bootstrap
 from converter.device_rule import classifier_defaults, decision_defaults
 from converter.events import Player, Span, Stream, needs_splice, span_alarms, spliced_streams, stream_scores
 from converter.sampling import WindowSampling
+from edge.adapters.runtime import BundleModel
 
 
 def test_interval_windows_for_a_known_clip() -> None:
@@ -228,10 +229,16 @@ def test_train_and_evaluate_on_two_sources_with_a_class_map(
     assert first["balanced_accuracy"]["value"] == summary[0]["metrics"]["balanced_accuracy"]["value"]
     budget = manifest["budget"]
     assert budget["mac_per_frame"] > 0 and "ai-edge-litert" in budget["x86_ms_per_frame"]
+    best = json.loads((crosseval_out / "results.json").read_text())["decision_sweep"]["best"]
+    assert (manifest["decision"]["threshold"], manifest["decision"]["start_windows"]) == (
+        best["threshold"], best["start_windows"])
+    assert BundleModel(bundle).recommended_decision() == {"threshold": best["threshold"],
+                                                          "start_windows": best["start_windows"]}
     capsys.readouterr()
     assert main(["inspect", str(bundle)]) == 0
     shown = capsys.readouterr().out
     assert "far: 8 clips, evaluation only" in shown and "loso clip short" in shown and "device budget" in shown
+    assert f"decision settings: threshold {best['threshold']}" in shown
     # A licence for a source the run never had, or a file that is not a crosseval result, is one line, exit 2.
     assert main(["convert", str(run_dir / "model.keras"), "--out", str(tmp_path / "b2"), "--licence", "nope=MIT",
                  "--cache", cache]) == 2

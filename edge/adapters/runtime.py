@@ -183,6 +183,10 @@ class BundleModel:
         """The configured bundle (or ``bundle``, a built-in name or a path, instead) with its runtime settings."""
         return cls(resolve_bundle(bundle or spec.bundle), spec.num_threads, spec.runtime)
 
+    def recommended_decision(self) -> dict[str, float | int]:
+        """The decision settings the bundle recommends for itself (none for bundles without them)."""
+        return self.manifest.decision.settings() if self.manifest.decision else {}
+
     @property
     def streaming(self) -> bool:
         return self.manifest.streaming

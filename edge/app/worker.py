@@ -27,7 +27,8 @@ class CameraWorker:
     def __init__(self, camera: CameraConfig, config: Config, model: BundleModel, sink: Sink) -> None:
         self.camera = camera
         self.sink = sink
-        self.pipeline = CameraPipeline(camera, config.decision_for(camera), config.classifier_for(camera), model,
+        self.pipeline = CameraPipeline(camera, config.decision_for(camera, model.recommended_decision()),
+                                       config.classifier_for(camera), model,
                                        config.device_id, config.site)
         self.source = CameraSource(camera, on_state=self._source_state)
         self.thread: threading.Thread | None = None
