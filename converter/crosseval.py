@@ -221,6 +221,31 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def rescore(path: Path) -> dict[str, Any]:
+    """Re-derive a finished run's event level from its recorded window scores under today's span rules.
+
+    The model is not run again: every event stream's window scores are in results.json, so when the
+    rules that turn incidents into found / false-alarm spans change (see converter.events), a run of
+    hours is brought up to date in seconds. Rewrites the file; returns the results.
+    """
+    from converter.decision_sweep import replay_units
+
+    path = Path(path)
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+        if not results.get("streams"):
+            raise ds.DataError(f"{path}: no window scores recorded (a run from before they were); run crosseval again")
+        replay_units(results)
+        results["summary"] = _summaries(results["units"], results["bootstrap"]["resamples"])
+        if results.get("complete"):
+            results["decision_sweep"] = sweep_results(results)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ds.DataError(f"{path}: not a crosseval results.json ({exc!r}); pass the file `crosseval --out` wrote") \
+            from None
+    path.write_text(json.dumps(_finite(results), indent=1) + "\n", encoding="utf-8")
+    return results
+
+
 def manifest_rows(path: Path) -> tuple[list[SourceResult], bool]:
     """A results.json's summary as the manifest records it, and whether the run had finished.
 

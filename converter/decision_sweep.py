@@ -15,7 +15,7 @@ from typing import Any
 
 from converter.bootstrap import binary_scores
 from converter.device_rule import incident_times
-from converter.events import Span, span_alarms
+from converter.events import Span, incident_tail_s, span_alarms
 from edge.core.config import DecisionConfig
 
 THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(13))  # 0.30 .. 0.90
@@ -34,16 +34,40 @@ def _streams(results: dict[str, Any], protocol: str) -> list[tuple[str, list[Spa
             if w["protocol"] == protocol and (w["seed"], w["stream"]) in spans]
 
 
+def _alarms(results: dict[str, Any], settings: DecisionConfig, spans: list[Span], windows: dict[str, Any]
+            ) -> tuple[list[bool], list[tuple[float, float]]]:
+    """The spans' alarms and the incidents had the daemon used ``settings`` on one recorded stream."""
+    interval = results["event_interval_s"]
+    window_s = results["options"]["frames"] * interval
+    tail_s = incident_tail_s(window_s, settings.end_windows, results["classifier"]["hop"], interval)
+    found = incident_times(windows["ts"], windows["scores"], settings)
+    return span_alarms(spans, found, window_s, tail_s), found
+
+
 def replay(results: dict[str, Any], settings: DecisionConfig, protocol: str = "loso") -> dict[str, dict[str, Any]]:
     """Per source: binary scores of its spans (pooled over seeds) had the daemon used ``settings``."""
-    window_s = results["options"]["frames"] * results["event_interval_s"]
     truth: dict[str, list[bool]] = {}
     alarms: dict[str, list[bool]] = {}
     for source, spans, windows in _streams(results, protocol):
-        found = incident_times(windows["ts"], windows["scores"], settings)
         truth.setdefault(source, []).extend(span.anomalous for span in spans)
-        alarms.setdefault(source, []).extend(span_alarms(spans, found, window_s))
+        alarms.setdefault(source, []).extend(_alarms(results, settings, spans, windows)[0])
     return {source: {"units": len(truth[source]), **binary_scores(truth[source], alarms[source])} for source in truth}
+
+
+def replay_units(results: dict[str, Any]) -> None:
+    """Recompute every event unit's alarm and incidents in place at the run's own decision settings."""
+    settings = DecisionConfig(**results["decision"])
+    by_stream: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+    for unit in results["units"]:
+        if unit["level"] == "event":
+            by_stream.setdefault((unit["protocol"], unit["seed"], unit["stream"]), []).append(unit)
+    for windows in results["streams"]:
+        units = by_stream.get((windows["protocol"], windows["seed"], windows["stream"]), [])
+        spans = [Span(u["clip"], u["start_s"], u["end_s"], u["anomalous"]) for u in units]
+        alarms, found = _alarms(results, settings, spans, windows)
+        for unit, alarm in zip(units, alarms, strict=True):
+            unit["alarm"] = alarm
+            unit["incidents"] = [[round(a, 3), round(c, 3)] for a, c in found]
 
 
 def _row(results: dict[str, Any], settings: DecisionConfig, protocol: str) -> dict[str, Any]:

@@ -98,10 +98,15 @@ def test_span_rules_found_and_false_alarm() -> None:
                     True)
     window_s = 2.0
     # Alert at 4.5 s: its window's middle (3.5 s) is in the fight; it stays open into calm2 but did not start there.
-    assert span_alarms(stream.spans, [(4.5, 7.0)], window_s) == [False, True, False]
+    tail_s = 3.0
+    assert span_alarms(stream.spans, [(4.5, 7.0)], window_s, tail_s) == [False, True, False]
     # Alert at 5.5 s (placed at 4.5 s, in calm2), closing at 8 s: a false alarm in calm2; the fight is missed.
-    assert span_alarms(stream.spans, [(5.5, 8.0)], window_s) == [False, False, True]
-    assert span_alarms(stream.spans, [], window_s) == [False, False, False]
+    assert span_alarms(stream.spans, [(5.5, 8.0)], window_s, tail_s) == [False, False, True]
+    assert span_alarms(stream.spans, [], window_s, tail_s) == [False, False, False]
+    # An incident that outlives the fight by more than the tail is a false alarm on every calm span it swallows.
+    longer = [*stream.spans, Span("calm3", 6.0, 8.0, False), Span("calm4", 8.0, 10.0, False)]
+    assert span_alarms(longer, [(3.5, 30.0)], window_s, tail_s) == [False, True, False, False, True]
+    assert span_alarms(longer, [(1.5, 30.0)], window_s, tail_s) == [True, True, False, False, True]
 
 
 def test_stream_windows_follow_the_device_grid() -> None:
@@ -187,6 +192,17 @@ def test_crosseval_end_to_end_writes_every_field(crosseval_out: Path) -> None:
         assert again[source]["recall"] == rows["loso", "event", source]["metrics"]["recall"]["value"]
     sweep = results["decision_sweep"]
     assert sweep["protocol"] == "loso" and len(sweep["rows"]) == 52
+    # rescore re-derives the event level from the recorded scores: under unchanged rules, the same figures.
+    from converter.cli import main
+
+    copy = out / "rescored.json"
+    copy.write_text(json.dumps(results))
+    assert main(["rescore", str(copy)]) == 0
+    again_results = json.loads(copy.read_text())
+    assert again_results["summary"] == results["summary"] and again_results["units"] == results["units"]
+    copy.write_text(json.dumps({**results, "streams": []}))
+    assert main(["rescore", str(copy)]) == 2
+    assert main(["rescore", str(out / "missing.json")]) == 2
     assert sweep["best"]["worst_balanced_accuracy"] >= sweep["current"]["worst_balanced_accuracy"]
 
 
@@ -265,6 +281,7 @@ def _sweep_input() -> dict:
             streams.append({"protocol": "loso", "seed": 0, "stream": name, "source": source, "ts": ts,
                             "scores": [score] * len(ts)})
     return {"options": {"frames": 20}, "event_interval_s": 0.1, "decision": decision_defaults().model_dump(),
+            "classifier": {"hop": 4},
             "units": units, "streams": streams}
 
 
