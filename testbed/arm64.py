@@ -92,9 +92,8 @@ def compare_events(x86: Sequence[dict[str, Any]], arm64: Sequence[dict[str, Any]
             if abs(ea["windows"] - eb["windows"]) > WINDOWS_TOL:
                 problems.append(f"{where}: windows {eb['windows']} on arm64, {ea['windows']} on x86")
             for key in TIMES:
-                if (ta[key] is None) != (tb[key] is None) or (
-                    ta[key] is not None and abs(ta[key] - tb[key]) > TIME_TOL_S  # type: ignore[operator]
-                ):
+                a_s, b_s = ta[key], tb[key]
+                if not (a_s is b_s is None or (a_s is not None and b_s is not None and abs(a_s - b_s) <= TIME_TOL_S)):
                     problems.append(f"{where}: {key} at {tb[key]} s on arm64, {ta[key]} s on x86 "
                                     f"(after the first start; tolerance {TIME_TOL_S} s)")
     return problems

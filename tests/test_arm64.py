@@ -16,10 +16,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+from edge.synthetic import write_video
 from testbed import arm64
-from testbed.arm64 import SCORE_TOL, TIME_TOL_S, compare_check, compare_events, load_events
+from testbed.arm64 import SCORE_TOL, TIME_TOL_S, compare_check, compare_events, load_events, max_differences
+from tests.media import read_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,6 +59,19 @@ def test_two_runs_of_the_same_clip_agree_though_ids_and_times_differ(runs: tuple
     assert len({e["event_id"] for e in first}) == 2, "the clip's two fights are two incidents"
     assert {e["event_id"] for e in first}.isdisjoint(e["event_id"] for e in second)
     assert compare_events(first, second) == []
+
+
+def test_a_clip_decoded_two_levels_apart_agrees(clip_dir: Path, runs: tuple[list, list]) -> None:
+    """What the other architecture's OpenCV does, done here: every pixel moved by up to 2 levels, encoded again."""
+    frames, fps = read_frames(clip_dir / "clip.mp4")
+    rng = np.random.default_rng(0)
+    write_video(clip_dir / "noisy.mp4",
+                [np.clip(f.astype(np.int16) + rng.integers(-2, 3, f.shape), 0, 255).astype(np.uint8) for f in frames],
+                fps)
+    noisy = load_events(_edge("run", "--source", str(clip_dir / "noisy.mp4"), "--fast",
+                              "--state-dir", str(clip_dir / "noisy-state")))
+    assert max_differences(runs[0], noisy)["score"] > 0, "the noise did not reach the model"
+    assert compare_events(runs[0], noisy) == []
 
 
 def test_scores_within_the_tolerance_agree_and_beyond_it_do_not(runs: tuple[list, list]) -> None:
