@@ -186,3 +186,20 @@ def test_an_old_config_with_hop_under_decision_still_runs_and_says_where_it_move
     assert run.returncode == 0, run.stderr
     said = [line for line in run.stderr.splitlines() if "deprecated" in line]
     assert len(said) == 1 and f'level=warning logger=edge msg="{expected}"' in said[0], run.stderr
+
+
+def test_check_says_which_decision_settings_apply_and_whose_they_are(tmp_path: Path) -> None:
+    """The builtin model recommends its own threshold; check shows it, and a configured value wins."""
+    from edge.bundle import read_manifest
+    from edge.models import resolve_bundle
+
+    recommended = read_manifest(resolve_bundle("builtin")).decision
+    assert recommended is not None
+    video = tmp_path / "calm.mp4"
+    write_stream(video, [("calm", 1.0)], fps=10)
+    config = tmp_path / "config.toml"
+    config.write_text(f'device_id = "pi-1"\nsite = "s"\n[decision]\nthreshold = 0.6\n'
+                      f'[[cameras]]\nid = "door"\nsource = "{video}"\n')
+    proc = rclstm("check", "--config", str(config))
+    model = next(line for line in proc.stdout.splitlines() if line.startswith("PASS model"))
+    assert model.endswith(f"decision threshold 0.6 (config), start_windows {recommended.start_windows} (the model's)")

@@ -94,7 +94,22 @@ def _check_model(config: Config, frame: np.ndarray | None) -> tuple[bool, str, s
     top = model.manifest.labels[int(np.argmax(probs))]
     return True, item, (f"{model.manifest.name} {model.manifest.version} on {model.runtime.name} "
                         f"{model.runtime.version} classified one window of {source} in {elapsed_ms:.0f} ms "
-                        f"(top label {top})")
+                        f"(top label {top}); {_decision_origin(config, model.recommended_decision())}")
+
+
+def _decision_origin(config: Config, recommended: dict[str, float | int]) -> str:
+    """Which threshold and start_windows the daemon will use, and where each comes from.
+
+    A bundle may recommend its own (its manifest's ``decision``); an installer reading ``check``
+    should see that the number in effect is not the one in the docs' example.
+    """
+    chosen = config.decision_for(config.cameras[0], recommended)
+    parts = []
+    for key in ("threshold", "start_windows"):
+        origin = ("config" if key in config.decision.model_fields_set
+                  else "the model's" if key in recommended else "default")
+        parts.append(f"{key} {getattr(chosen, key)} ({origin})")
+    return "decision " + ", ".join(parts)
 
 
 def _check_broker(config: Config) -> tuple[bool, str, str]:
