@@ -17,6 +17,7 @@ from edge.adapters.sources import CameraSource
 from edge.core.config import CameraConfig, Config
 from edge.core.messages import CameraStats, CameraStatus
 from edge.core.values import Output, SourceState
+from edge.preprocess import SNAPSHOT_MAX
 from edge.sinks.base import Sink
 from edge.stages.pipeline import CameraPipeline
 
@@ -27,7 +28,9 @@ class CameraWorker:
     def __init__(self, camera: CameraConfig, config: Config, model: BundleModel, sink: Sink) -> None:
         self.camera = camera
         self.sink = sink
-        self.pipeline = CameraPipeline(camera, config.decision_for(camera), model, config.device_id, config.site)
+        snapshot_size = SNAPSHOT_MAX if config.mqtt.snapshots else None
+        self.pipeline = CameraPipeline(camera, config.decision_for(camera), model, config.device_id, config.site,
+                                       snapshot_size=snapshot_size)
         self.source = CameraSource(camera, on_state=self._source_state)
         self.thread: threading.Thread | None = None
         self.started = time.monotonic()
@@ -62,7 +65,7 @@ class CameraWorker:
 
     def _run(self, stop: threading.Event) -> None:
         try:
-            for frame in self.source.frames(stop):
+            for frame in self.source.frames(stop, self.pipeline.sampler.could_take):
                 self._emit(self.pipeline.process(frame))
         except Exception as exc:  # a bug in one camera's chain must not take the others down silently
             self.error = f"{type(exc).__name__}: {exc}"

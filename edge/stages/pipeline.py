@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,7 +26,7 @@ import numpy as np
 from edge.core.config import CameraConfig, DecisionConfig
 from edge.core.messages import ChainStats, EndReason
 from edge.core.values import Frame, OfflineReason, Output, Prediction, Transition
-from edge.preprocess import bound_frame
+from edge.preprocess import bound_frame, decode_jpeg
 from edge.stages.classifier import StreamClassifier
 from edge.stages.decision import Decider
 from edge.stages.events import build_event
@@ -50,12 +51,18 @@ class CameraPipeline:
         device_id: str,
         site: str,
         on_window: WindowHook | None = None,
+        snapshot_size: tuple[int, int] | None = None,
     ) -> None:
+        """``snapshot_size`` (width, height) is what a kept frame must keep for snapshots when an MJPEG
+        camera's JPEGs are decoded at reduced size; None: the model's input size is enough."""
         self.camera = camera
         self.model = model
         self.device_id = device_id
         self.site = site
         self.on_window = on_window
+        spec = model.manifest.input
+        self._decode_size = (max(spec.width, snapshot_size[0]), max(spec.height, snapshot_size[1])) \
+            if snapshot_size else (spec.width, spec.height)
         self.sampler = Sampler(model.manifest.sampling.frame_interval_s)
         self.classifier = StreamClassifier(model, decision.hop, decision.scene_cut)
         self.decider = Decider(decision)
@@ -70,14 +77,13 @@ class CameraPipeline:
     def process(self, frame: Frame) -> list[Output]:
         """Feed one captured frame; returns the outputs it completes (usually none)."""
         self.frames_in += 1
-        spec = self.model.manifest.input
-        kept, model_image = bound_frame(frame.image, spec.height, spec.width)
-        if model_image is not None:  # a large camera: memory bounded from here on, the model's input unchanged
-            frame = Frame(kept, frame.ts, frame.wall, model_image)
-        self._last = frame
+        self._last = frame = self._bounded(frame)
         sampled = self.sampler.offer(frame)
         if sampled is None:
             return []
+        if sampled.image is None and sampled.encoded is not None:  # an MJPEG camera's JPEG, decoded once taken
+            sampled = self._bounded(replace(sampled, image=decode_jpeg(sampled.encoded, *self._decode_size),
+                                            encoded=None))
         prediction = self.classifier.push(sampled)
         if prediction is None:
             return []
@@ -119,6 +125,16 @@ class CameraPipeline:
             incident_open=self.decider.open,
             events=self.events,
         )
+
+    def _bounded(self, frame: Frame) -> Frame:
+        """The frame with a large image replaced as ``bound_frame`` says (a frame without pixels as it is)."""
+        if frame.image is None:
+            return frame
+        spec = self.model.manifest.input
+        kept, model_image = bound_frame(frame.image, spec.height, spec.width)
+        if model_image is None:
+            return frame
+        return replace(frame, image=kept, model_image=model_image)  # memory bounded, the model's input unchanged
 
     def _keep_peak(self) -> None:
         peak_ts = self.decider.peak_ts
