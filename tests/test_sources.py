@@ -34,6 +34,7 @@ from edge.preprocess import decode_jpeg, jpeg_size
 from edge.stages.sampler import Sampler
 from edge.synthetic import render_clip
 from edge.synthetic import write_video as write_clip
+from testbed.mjpeg import BOUNDARY, jpeg_part
 from tests.media import retime_mp4
 
 SIZE = (64, 48)  # width, height
@@ -252,18 +253,17 @@ class MjpegServer:
             def do_GET(self) -> None:
                 connection = next(server.connections)
                 self.send_response(200)
-                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
                 self.end_headers()
                 for i in range(server.frames_per_connection):
                     # Brightness says which connection the frame came from.
                     image = np.full((SIZE[1], SIZE[0], 3), 40 * connection + i, np.uint8)
-                    jpeg = cv2.imencode(".jpg", image)[1].tobytes()
-                    head = f"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
+                    part = jpeg_part(cv2.imencode(".jpg", image)[1].tobytes())
                     if server.mode == "close-mid-frame" and i == server.frames_per_connection - 1:
-                        self.wfile.write(head + jpeg[: len(jpeg) // 3])
+                        self.wfile.write(part[: len(part) // 2])
                         self.wfile.flush()
                         return  # the connection closes in the middle of a JPEG
-                    self.wfile.write(head + jpeg + b"\r\n")
+                    self.wfile.write(part)
                     self.wfile.flush()
                     if server.release.wait(0.02):
                         return
