@@ -128,6 +128,7 @@ def open_capture(camera: CameraConfig, *, packets: bool = False) -> cv2.VideoCap
 
 
 def _open(camera: CameraConfig, packets: bool, threads: int) -> cv2.VideoCapture:
+    """One attempt at opening, with everything FFmpeg must be told at open time (it ignores it later)."""
     kind = camera.resolved_kind()
     if kind == "v4l2":
         # The V4L2 backend refuses capture parameters it does not know, and it knows no timeouts.
@@ -258,10 +259,10 @@ class _Positions:
             self._capture = None
 
 
-Pixels = tuple[np.ndarray | None, bytes | None]  # (BGR image, JPEG); both None: not converted
+_Pixels = tuple[np.ndarray | None, bytes | None]  # (BGR image, JPEG); both None: not converted
 
 
-def _pixels(capture: cv2.VideoCapture, packets: bool, needed: bool) -> Pixels | None:
+def _pixels(capture: cv2.VideoCapture, packets: bool, needed: bool) -> _Pixels | None:
     """The grabbed frame's pixels if ``needed`` (its JPEG, in raw mode); None when they are unusable.
 
     ``retrieve`` is the colour conversion of the frame ``grab`` decoded; skipping it is the saving.
@@ -334,7 +335,8 @@ class CameraSource:
                 except SourceError as exc:
                     outcome = str(exc)
                 else:
-                    upcoming = _Positions(str(self.camera.source)) if wanted and self.kind == "file" else None
+                    read_ahead = wanted is not None and self.kind == "file"
+                    upcoming = _Positions(str(self.camera.source)) if read_ahead else None
                     try:
                         outcome = yield from self._read(capture, stop, wanted, upcoming, packets)
                     finally:
