@@ -35,7 +35,7 @@ from edge.stages.sampler import Sampler
 from edge.synthetic import render_clip
 from edge.synthetic import write_video as write_clip
 from testbed.mjpeg import BOUNDARY, jpeg_part
-from tests.media import retime_mp4
+from tests.media import read_frames, retime_mp4
 
 SIZE = (64, 48)  # width, height
 
@@ -222,6 +222,21 @@ def sampled(camera: CameraConfig, interval: float, only_used: bool) -> tuple[lis
             assert pick.image is not None, f"the frame at {pick.ts}s was sampled but not converted"
             picks.append((pick.ts, hashlib.sha256(pick.image.tobytes()).hexdigest()))
     return picks, read, converted
+
+
+def test_a_looped_file_read_for_the_sampler_samples_the_same_frames_on_every_pass(tmp_path: Path) -> None:
+    video = variable_rate_mpeg4(tmp_path / "vfr.mp4")
+    camera = CameraConfig(id="door", source=str(video), realtime=False, loop=True)
+    picks = []
+    for only_used in (False, True):
+        sampler, stop = Sampler(0.1), threading.Event()
+        frames = CameraSource(camera).frames(stop, sampler.could_take if only_used else None)
+        taken = [sampler.offer(f) for f in collect_frames(frames, stop, 250)]  # two passes and a bit
+        picks.append([(f.ts, hashlib.sha256(f.image.tobytes()).hexdigest()) for f in taken
+                      if f is not None and f.image is not None])
+        assert sum(f is not None for f in taken) == len(picks[-1])
+    assert picks[0] == picks[1]
+    assert 2 * len(read_frames(video)[0]) < 250  # more than two passes: the read-ahead restarts with each
 
 
 @pytest.mark.parametrize("make", [variable_rate_h264, variable_rate_mpeg4, None])
