@@ -182,6 +182,23 @@ def test_missing_file_error_names_the_camera_and_the_fix(tmp_path: Path) -> None
         read_one(CameraConfig(id="door", source=str(garbage)), timeout=2.0)
 
 
+@pytest.mark.parametrize(("size", "setting", "threads"), [((640, 360), None, 1), ((1280, 736), None, 2),
+                                                       ((1280, 736), 1, 1), ((640, 360), 3, 3)])
+def test_decoder_threads_are_one_up_to_720p_two_above_unless_set(tmp_path: Path, size: tuple[int, int],
+                                                                  setting: int | None, threads: int) -> None:
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, size)
+    for _ in range(3):
+        writer.write(np.zeros((size[1], size[0], 3), np.uint8))
+    writer.release()
+    capture = open_capture(CameraConfig(id="door", source=str(video), decoder_threads=setting))
+    try:
+        assert capture.get(cv2.CAP_PROP_N_THREADS) == threads
+        assert capture.read()[1].shape == (size[1], size[0], 3)
+    finally:
+        capture.release()
+
+
 def test_read_one_returns_a_usable_frame(tmp_path: Path) -> None:
     video = write_video(tmp_path / "clip.mp4", 5, 10.0)
     frame = read_one(CameraConfig(id="door", source=str(video)), timeout=5.0)
