@@ -16,7 +16,7 @@ from pathlib import Path
 from bench.common import Settings, Table, log_times, run_daemon
 from edge.adapters.mqtt import Topics
 from edge.bundle import read_manifest
-from edge.core.config import DecisionConfig
+from edge.core.config import ClassifierConfig, DecisionConfig
 from testbed.broker import Broker, Subscriber, free_port
 from testbed.daemon import DEVICE, camera
 
@@ -32,7 +32,8 @@ def segments(settings: Settings, normal: str, anomaly: str) -> list[tuple[str, f
 def run(settings: Settings, stream: dict, bundle: Path, source: str, anomaly: str) -> Table:
     manifest = read_manifest(bundle)
     decision = DecisionConfig()
-    hop_s = decision.hop * manifest.sampling.frame_interval_s
+    hop = ClassifierConfig().hop
+    hop_s = hop * manifest.sampling.frame_interval_s
     goal = manifest.sampling.window_s + hop_s
     table = Table("latency", "Alert latency: fight segment's first frame to `start` at a subscriber",
                   ["segment", "segment_start_s", "detected", "latency_s", "goal_s", "goal_met"])
@@ -68,7 +69,7 @@ def run(settings: Settings, stream: dict, bundle: Path, source: str, anomaly: st
     table.extra.update(stream=stream, bundle=str(bundle), model_source=source, decision=decision.model_dump(),
                        false_starts=len(false), false_start_times_s=false, events_received=len(arrivals))
     table.notes += [
-        f"goal = window span {manifest.sampling.window_s:.2f} s + one hop ({decision.hop} sampled frames = "
+        f"goal = window span {manifest.sampling.window_s:.2f} s + one hop ({hop} sampled frames = "
         f"{hop_s:.2f} s); default decision settings (start after {decision.start_windows} windows over "
         f"{decision.threshold}), so a detection also waits for {decision.start_windows - 1} more hop(s)",
         f"model: {source}; stream {stream['seconds']:g} s {stream['codec']} from {stream['source']}, real-time; "

@@ -16,7 +16,7 @@ from typing import Any
 from converter.bootstrap import DEFAULT_RESAMPLES
 from converter.dataset import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_CACHE, DEFAULT_REPRESENTATION, DataError
 from converter.sampling import DEFAULT_HOP, DEFAULT_INTERVAL_S, DEFAULT_METHOD, SAMPLING_METHODS
-from converter.sources import Source, parse_class_map, parse_source, unique_sources
+from converter.sources import Source, check_fine_tune, parse_class_map, parse_source, unique_sources
 from converter.splits import PROTOCOLS
 from edge.adapters.runtime import RuntimeMissing
 from edge.bundle import QUANTIZATIONS, BundleError
@@ -73,7 +73,7 @@ def _sampling_args(parser: argparse.ArgumentParser) -> None:
                         help=f"seconds between sampled frames with --sampling interval (default {DEFAULT_INTERVAL_S})")
     parser.add_argument("--hop", type=int, default=DEFAULT_HOP,
                         help=f"sampled frames between evaluation windows with --sampling interval; the device's "
-                             f"decision.hop (default {DEFAULT_HOP})")
+                             f"classifier.hop (default {DEFAULT_HOP})")
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
@@ -143,6 +143,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--split", choices=["group", "random"], default="group",
                        help="group keeps every source group on one side, stratified on source and label "
                             "(default group)")
+    train.add_argument("--init-from", type=Path, metavar="RUN_DIR",
+                       help="start from this earlier run's model (same labels and shape) instead of random weights")
+    train.add_argument("--site", type=_names, default=[], metavar="NAME[,NAME]",
+                       help="sources holding a site's exported clips (rclstm-edge export-clips): always trained on, "
+                            "never tested, reported apart as 'site' (default none)")
 
     crosseval = sub.add_parser(
         "crosseval", help="leave-one-source-out (and pooled group split) evaluation, per clip and through the "
@@ -220,7 +225,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "train":
 
         opts = TrainOptions(data_dir=None, out=args.out, seeds=args.seeds, folds=args.folds, split=args.split,
-                            **_train_fields(args))
+                            init_from=args.init_from, site=args.site, **_train_fields(args))
         train(opts)
         print(f"wrote {args.out}")
         return 0
@@ -265,6 +270,8 @@ def _check_inputs(args: argparse.Namespace) -> None:
         class_map = parse_class_map(args.class_map)
         for source in _sources(args.data):
             scan(source, args.classes, class_map)
+    if args.command == "train":
+        check_fine_tune(_sources(args.data), args.site, args.init_from)
     elif args.command == "evaluate":
         _sources(args.data)
     if args.command in ("evaluate", "convert") and not args.model.exists():

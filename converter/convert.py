@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
@@ -46,6 +47,7 @@ from edge.adapters.runtime import BundleModel
 from edge.bundle import (
     MODEL_NAME,
     QUANTIZATIONS,
+    DeviceBudget,
     Manifest,
     Metrics,
     Quantization,
@@ -353,16 +355,82 @@ def _verify_python(opts: ConvertOptions) -> Path | None:
     return Path(env) if env else None
 
 
+@dataclass
+class _Inputs:
+    """Step 1's result: the model, its run record and the held-out data every later step measures on."""
+
+    model: Any
+    arch: str
+    run: RunRecord | None
+    split: int
+    representation: Representation
+    frames: int
+    size: int
+    sampling: WindowSampling
+    data: ds.Dataset
+    labels: list[str]
+    anomaly: list[str]
+    name: str
+
+    @property
+    def channels(self) -> int:
+        return channels_for(self.representation)
+
+
+@dataclass
+class _Parity:
+    """Step 4's result: Keras vs bundle on every held-out clip (the manifest's metrics come from it)."""
+
+    summary: dict[str, float]
+    keras: dict[str, Any]
+    bundle: dict[str, Any]
+
+
 def convert(opts: ConvertOptions) -> Report:
-    """Build, check and write a bundle; raises ConvertError (bad input) or ConvertRefused (quality gate)."""
-    import tensorflow as tf
+    """Build, check and write a bundle; raises ConvertError (bad input) or ConvertRefused (quality gate).
 
-    from converter.models import arch_of
-    from converter.twins import build_twins
-
+    The steps are the module docstring's, in its order; each helper below is one of them.
+    """
     if opts.quantize not in QUANTIZATIONS:
         raise ConvertError(f"--quantize {opts.quantize!r} is not one of {', '.join(QUANTIZATIONS)}")
-    log = opts.log
+    inputs = _load_inputs(opts)
+    rng = np.random.default_rng(0)
+    picks = sorted(rng.permutation(len(inputs.data.clips))[:PARITY_WINDOWS])
+    windows = np.stack([ds.eval_windows(inputs.data.clips[i], inputs.sampling, inputs.representation)[0]
+                        for i in picks])
+    keras_all = ds.clip_probs(ds.keras_predictor(inputs.model), inputs.data.clips, inputs.sampling,
+                              inputs.representation, SCORE_CHUNK)
+    twins = _checked_twins(inputs, opts, windows)
+    calibration = _calibration(inputs, opts, rng)
+    out = Path(opts.out)
+    if out.exists() and not (out / "manifest.json").is_file() and any(out.iterdir()):
+        raise ConvertError(f"{out}: exists and is not a bundle; choose another --out")
+    with tempfile.TemporaryDirectory(prefix="rclstm-convert-") as tmp:
+        work = Path(tmp)
+        bundle, manifest = _build_bundle(inputs, opts, twins, calibration, work)
+        litert = BundleModel(bundle, runtime="ai-edge-litert")
+        parity = _parity(inputs, litert, keras_all, opts.log)
+        notes: list[str] = []
+        checks, timings = _verify_runtimes(opts, manifest, bundle, litert, windows, work, notes)
+        _quality_gates(opts, parity.summary)
+        manifest = manifest.model_copy(update={
+            "verified_runtimes": checks, "metrics": _manifest_metrics(inputs, opts, parity, work),
+            "budget": _device_budget(inputs, timings, manifest, opts.log),
+            "data": _training_data(inputs.run, opts.licences), "crosseval": _crosseval_rows(opts, notes),
+        })
+        write_manifest(bundle, manifest)
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(bundle, out)
+    opts.log(f"wrote {out} ({manifest.size_bytes / 1024:.0f} KiB, {opts.quantize}, sha256 {manifest.sha256[:12]}...)")
+    return Report(out, manifest, parity.summary, notes, {"keras": parity.keras, "bundle": parity.bundle})
+
+
+def _load_inputs(opts: ConvertOptions) -> _Inputs:
+    """Step 1: the model, its run record and held-out clips; every mismatch between them is a ConvertError."""
+    from converter.models import arch_of
+
     model = load_model(opts.model)
     try:
         arch = arch_of(model)
@@ -395,148 +463,178 @@ def convert(opts: ConvertOptions) -> Report:
     if int(model.output_shape[-1]) != len(labels):
         raise ConvertError(f"{opts.model}: model has {model.output_shape[-1]} outputs but there are {len(labels)} "
                            f"classes ({', '.join(labels)})")
-    rng = np.random.default_rng(0)
-    picks = sorted(rng.permutation(len(data.clips))[:PARITY_WINDOWS])
-    windows = np.stack([ds.eval_windows(data.clips[i], sampling, representation)[0] for i in picks])
-    keras_all = ds.clip_probs(ds.keras_predictor(model), data.clips, sampling, representation, SCORE_CHUNK)
-    # The twin and runtime checks compare single windows: with interval sampling a clip's probabilities
-    # are the mean of several windows, so they are not what one window gives.
-    keras_probs = ds.keras_predictor(model)(windows)
+    return _Inputs(model, arch, run, split, representation, frames, size, sampling, data, labels, anomaly, name)
 
-    twins = build_twins(model, arch, opts.whole_window)
+
+def _checked_twins(inputs: _Inputs, opts: ConvertOptions, windows: np.ndarray) -> Any:
+    """Step 2: the batch-1 twins, refused unless they give the training graph's output on held-out windows.
+
+    Single windows are compared: with interval sampling a clip's probabilities are the mean of several
+    windows, so they are not what one window gives.
+    """
+    from converter.twins import build_twins
+
+    keras_probs = ds.keras_predictor(inputs.model)(windows)
+    twins = build_twins(inputs.model, inputs.arch, opts.whole_window)
     twin_diff = float(np.abs(twins.predict(windows) - keras_probs).max())
     if twin_diff > TWIN_TOLERANCE:
         raise ConvertError(f"inference twin differs from the trained model by {twin_diff:.2e} (> {TWIN_TOLERANCE})")
-    log(f"twin check: max |twin - keras| = {twin_diff:.2e} on {len(windows)} held-out windows")
+    opts.log(f"twin check: max |twin - keras| = {twin_diff:.2e} on {len(windows)} held-out windows")
+    return twins
 
-    calibration = None
-    if opts.quantize == "int8":
-        if opts.calibration:
-            calib_data = ds.load_dataset(opts.calibration, labels, frames, size, opts.cache)
-        elif run:
-            held = {item.clip.name for item in data.clips}
-            all_clips = ds.load_dataset(run.source_list(), run.options.get("classes"), frames, size, opts.cache,
-                                        class_map=run.class_map, sampling=sampling)
-            calib_data = ds.Dataset([c for c in all_clips.clips if c.clip.name not in held], labels, [], "")
-        else:
-            raise ConvertError("--quantize int8 needs calibration clips: pass --calibration DATA_DIR")
-        chosen = rng.permutation(len(calib_data.clips))[:CALIBRATION_WINDOWS]
-        calibration = ds.windows([calib_data.clips[i] for i in chosen], frames, representation)
 
-    out = Path(opts.out)
-    if out.exists() and not (out / "manifest.json").is_file() and any(out.iterdir()):
-        raise ConvertError(f"{out}: exists and is not a bundle; choose another --out")
-    with tempfile.TemporaryDirectory(prefix="rclstm-convert-") as tmp:
-        work = Path(tmp)
-        keys = _export(twins, frames, size, channels_for(representation), work / "saved")
-        log(f"converting ({opts.quantize}, builtin ops only)...")
-        flat = _tflite_bytes(work / "saved", keys, opts.quantize, twins, calibration)
-        bundle = work / "bundle"
-        bundle.mkdir()
-        model_file = bundle / MODEL_NAME
-        model_file.write_bytes(flat)
-        recorded = run.sampling if run else sampling.manifest([(len(d.frames), d.fps) for d in data.clips])
-        view = "binary" if anomaly else "macro"
-        manifest = Manifest(
-            name=name,
-            version=opts.version,
-            arch=arch,
-            labels=labels,
-            anomaly_labels=anomaly,
-            input={"frames": frames, "height": size, "width": size, "channels": channels_for(representation),
-                   "representation": representation, "preprocess_version": PREPROCESS_VERSION},
-            sampling=Sampling(**recorded),
-            quantization=opts.quantize,
-            signatures=_signatures(model_file),
-            sha256=sha256_file(model_file),
-            size_bytes=model_file.stat().st_size,
-            converter_version=metadata.version("rclstm-edge"),
-            tensorflow_version=tf.__version__,
-            created_at=datetime.now(timezone.utc),
-            training=_training_record(run, split),
-        )
-        write_manifest(bundle, manifest)
+def _calibration(inputs: _Inputs, opts: ConvertOptions, rng: np.random.Generator) -> np.ndarray | None:
+    """Step 3's int8 calibration windows: --calibration clips, else the run's clips that are not held out."""
+    if opts.quantize != "int8":
+        return None
+    if opts.calibration:
+        calib_data = ds.load_dataset(opts.calibration, inputs.labels, inputs.frames, inputs.size, opts.cache)
+    elif inputs.run:
+        run = inputs.run
+        held = {item.clip.name for item in inputs.data.clips}
+        all_clips = ds.load_dataset(run.source_list(), run.options.get("classes"), inputs.frames, inputs.size,
+                                    opts.cache, class_map=run.class_map, sampling=inputs.sampling)
+        calib_data = ds.Dataset([c for c in all_clips.clips if c.clip.name not in held], inputs.labels, [], "")
+    else:
+        raise ConvertError("--quantize int8 needs calibration clips: pass --calibration DATA_DIR")
+    chosen = rng.permutation(len(calib_data.clips))[:CALIBRATION_WINDOWS]
+    return ds.windows([calib_data.clips[i] for i in chosen], inputs.frames, inputs.representation)
 
-        litert = BundleModel(bundle, runtime="ai-edge-litert")
-        bundle_all = ds.clip_probs(lambda w: np.stack([litert.predict_window(x) for x in w]), data.clips, sampling,
-                                   representation, SCORE_CHUNK)
-        bundle_probs = np.stack([litert.predict_window(w) for w in windows])
-        y_all = np.array([labels.index(item.clip.label) for item in data.clips])
-        keras_result = scores(y_all, keras_all.argmax(1), labels, anomaly)
-        bundle_result = scores(y_all, bundle_all.argmax(1), labels, anomaly)
-        parity = {
-            "clips": len(y_all),
-            "max_abs_diff": float(np.abs(bundle_all - keras_all).max()),
-            "top1_agreement": float(np.mean(bundle_all.argmax(1) == keras_all.argmax(1))),
-            "keras_accuracy": keras_result["macro"]["accuracy"],  # type: ignore[index]
-            "bundle_accuracy": bundle_result["macro"]["accuracy"],  # type: ignore[index]
-        }
-        log(f"parity on {len(y_all)} held-out clips: max |diff| {parity['max_abs_diff']:.2e}, "
-            f"top-1 agreement {parity['top1_agreement']:.1%}, accuracy keras {parity['keras_accuracy']:.3f} "
-            f"vs bundle {parity['bundle_accuracy']:.3f}")
 
-        reference = _tf_reference(model_file, manifest, windows)
-        tolerance = FLOAT_TOLERANCE if opts.quantize in FLOAT_MODES else INT8_STEP
-        results = [(litert.runtime.name, litert.runtime.version, bundle_probs)]
-        timings = [{"runtime": litert.runtime.name, **time_model(litert, windows[0], BUDGET_REPEATS)}]
-        python = _verify_python(opts)
-        notes = []
-        if python:
-            probs, info = _other_runtime(python, bundle, windows, work)
-            results.append((info["runtime"], info["version"], probs))
-            timings.append(info)
-        else:
-            notes.append("tflite-runtime not checked: set RCLSTM_TFLITE_PYTHON or pass --verify-python")
-        checks = []
-        for runtime, version, probs in results:
-            diff = float(np.abs(probs - reference).max())
-            agreement = float(np.mean(probs.argmax(1) == reference.argmax(1)))
-            log(f"runtime {runtime} {version}: max |diff| vs TensorFlow's interpreter {diff:.2e} "
-                f"(tolerance {tolerance:.1e}), top-1 agreement {agreement:.1%}")
-            if diff > tolerance and not opts.force:
-                raise ConvertRefused(f"{runtime} {version} differs from TensorFlow's result by {diff:.2e} "
-                                     f"(> {tolerance:.1e}); the bundle is not trustworthy there (--force to keep)")
-            checks.append(RuntimeCheck(runtime=runtime, version=version, max_abs_diff=diff, top1_agreement=agreement))
+def _build_bundle(
+    inputs: _Inputs, opts: ConvertOptions, twins: Any, calibration: np.ndarray | None, work: Path
+) -> tuple[Path, Manifest]:
+    """Step 3: export, convert with builtin ops only and write the bundle with its first manifest."""
+    import tensorflow as tf
 
-        drop = parity["keras_accuracy"] - parity["bundle_accuracy"]
-        if opts.quantize == "int8" and drop > MAX_INT8_DROP and not opts.force:
-            raise ConvertRefused(f"int8 bundle loses {drop:.1%} accuracy on held-out clips (> {MAX_INT8_DROP:.0%}); "
-                                 "use --quantize dynamic, more --calibration clips, or --force")
-        if opts.quantize != "int8" and parity["top1_agreement"] < MIN_TOP1 and not opts.force:
-            raise ConvertRefused(f"bundle agrees with the Keras model on only {parity['top1_agreement']:.1%} of "
-                                 f"held-out clips (< {MIN_TOP1:.0%}); --force to keep it anyway")
+    keys = _export(twins, inputs.frames, inputs.size, inputs.channels, work / "saved")
+    opts.log(f"converting ({opts.quantize}, builtin ops only)...")
+    flat = _tflite_bytes(work / "saved", keys, opts.quantize, twins, calibration)
+    bundle = work / "bundle"
+    bundle.mkdir()
+    model_file = bundle / MODEL_NAME
+    model_file.write_bytes(flat)
+    run = inputs.run
+    recorded = run.sampling if run else inputs.sampling.manifest([(len(d.frames), d.fps) for d in inputs.data.clips])
+    manifest = Manifest(
+        name=inputs.name,
+        version=opts.version,
+        arch=inputs.arch,
+        labels=inputs.labels,
+        anomaly_labels=inputs.anomaly,
+        input={"frames": inputs.frames, "height": inputs.size, "width": inputs.size, "channels": inputs.channels,
+               "representation": inputs.representation, "preprocess_version": PREPROCESS_VERSION},
+        sampling=Sampling(**recorded),
+        quantization=opts.quantize,
+        signatures=_signatures(model_file),
+        sha256=sha256_file(model_file),
+        size_bytes=model_file.stat().st_size,
+        converter_version=metadata.version("rclstm-edge"),
+        tensorflow_version=tf.__version__,
+        created_at=datetime.now(timezone.utc),
+        training=_training_record(run, inputs.split),
+    )
+    write_manifest(bundle, manifest)
+    return bundle, manifest
 
-        metrics = {"keras": _metrics(keras_result, view), "bundle": _metrics(bundle_result, view)}
-        summary_path = run.run_dir / "metrics.json" if run and run.run_dir else None
-        if opts.every_split:
-            per_split = _score_every_split(opts, run, split, {"keras": keras_result, "bundle": bundle_result}, work)
-            for kind in ("keras", "bundle"):
-                summary = summarize([result[kind] for result in per_split])
-                metrics[f"{kind}_runs"] = _summary_metrics(summary, view)
-                row = metrics[f"{kind}_runs"]
-                log(f"over {row.runs} splits ({row.clips} held-out clips), {kind}: accuracy {row.accuracy:.3f} ± "
-                    f"{row.accuracy_std:.3f}, precision {row.precision:.3f} ± {row.precision_std:.3f}, recall "
-                    f"{row.recall:.3f} ± {row.recall_std:.3f}, F1 {row.f1:.3f} ± {row.f1_std:.3f}")
-        elif summary_path and summary_path.is_file():
-            summary = json.loads(summary_path.read_text())["summary"]
-            if view in summary:
-                metrics["keras_runs"] = _summary_metrics(summary, view)
-        from converter.budget import budget, model_macs, table
 
-        device = budget(model_macs(model), timings, manifest.sampling.frame_interval_s,
-                        run.hop if run else DEFAULT_HOP)
-        log("device budget:\n" + table(device))
-        manifest = manifest.model_copy(update={
-            "verified_runtimes": checks, "metrics": metrics, "budget": device,
-            "data": _training_data(run, opts.licences), "crosseval": _crosseval_rows(opts, notes),
-        })
-        write_manifest(bundle, manifest)
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(bundle, out)
-    log(f"wrote {out} ({manifest.size_bytes / 1024:.0f} KiB, {opts.quantize}, sha256 {manifest.sha256[:12]}...)")
-    return Report(out, manifest, parity, notes, {"keras": keras_result, "bundle": bundle_result})
+def _parity(inputs: _Inputs, litert: BundleModel, keras_all: np.ndarray, log: Callable[[str], None]) -> _Parity:
+    """Step 4: Keras vs the bundle on every held-out clip (the gates on it run after step 5)."""
+    labels = inputs.labels
+    bundle_all = ds.clip_probs(lambda w: np.stack([litert.predict_window(x) for x in w]), inputs.data.clips,
+                               inputs.sampling, inputs.representation, SCORE_CHUNK)
+    y_all = np.array([labels.index(item.clip.label) for item in inputs.data.clips])
+    keras_result = scores(y_all, keras_all.argmax(1), labels, inputs.anomaly)
+    bundle_result = scores(y_all, bundle_all.argmax(1), labels, inputs.anomaly)
+    summary = {
+        "clips": len(y_all),
+        "max_abs_diff": float(np.abs(bundle_all - keras_all).max()),
+        "top1_agreement": float(np.mean(bundle_all.argmax(1) == keras_all.argmax(1))),
+        "keras_accuracy": keras_result["macro"]["accuracy"],  # type: ignore[index]
+        "bundle_accuracy": bundle_result["macro"]["accuracy"],  # type: ignore[index]
+    }
+    log(f"parity on {len(y_all)} held-out clips: max |diff| {summary['max_abs_diff']:.2e}, "
+        f"top-1 agreement {summary['top1_agreement']:.1%}, accuracy keras {summary['keras_accuracy']:.3f} "
+        f"vs bundle {summary['bundle_accuracy']:.3f}")
+    return _Parity(summary, keras_result, bundle_result)
+
+
+def _verify_runtimes(
+    opts: ConvertOptions, manifest: Manifest, bundle: Path, litert: BundleModel, windows: np.ndarray, work: Path,
+    notes: list[str],
+) -> tuple[list[RuntimeCheck], list[dict[str, Any]]]:
+    """Step 5: every available device runtime against TensorFlow's interpreter; also times each for the budget."""
+    reference = _tf_reference(bundle / MODEL_NAME, manifest, windows)
+    tolerance = FLOAT_TOLERANCE if opts.quantize in FLOAT_MODES else INT8_STEP
+    bundle_probs = np.stack([litert.predict_window(w) for w in windows])
+    results = [(litert.runtime.name, litert.runtime.version, bundle_probs)]
+    timings = [{"runtime": litert.runtime.name, **time_model(litert, windows[0], BUDGET_REPEATS)}]
+    python = _verify_python(opts)
+    if python:
+        probs, info = _other_runtime(python, bundle, windows, work)
+        results.append((info["runtime"], info["version"], probs))
+        timings.append(info)
+    else:
+        notes.append("tflite-runtime not checked: set RCLSTM_TFLITE_PYTHON or pass --verify-python")
+    checks = []
+    for runtime, version, probs in results:
+        diff = float(np.abs(probs - reference).max())
+        agreement = float(np.mean(probs.argmax(1) == reference.argmax(1)))
+        opts.log(f"runtime {runtime} {version}: max |diff| vs TensorFlow's interpreter {diff:.2e} "
+                 f"(tolerance {tolerance:.1e}), top-1 agreement {agreement:.1%}")
+        if diff > tolerance and not opts.force:
+            raise ConvertRefused(f"{runtime} {version} differs from TensorFlow's result by {diff:.2e} "
+                                 f"(> {tolerance:.1e}); the bundle is not trustworthy there (--force to keep)")
+        checks.append(RuntimeCheck(runtime=runtime, version=version, max_abs_diff=diff, top1_agreement=agreement))
+    return checks, timings
+
+
+def _quality_gates(opts: ConvertOptions, parity: dict[str, float]) -> None:
+    """Step 4's refusals: int8 may lose at most MAX_INT8_DROP accuracy, float modes must agree on MIN_TOP1."""
+    if opts.force:
+        return
+    drop = parity["keras_accuracy"] - parity["bundle_accuracy"]
+    if opts.quantize == "int8" and drop > MAX_INT8_DROP:
+        raise ConvertRefused(f"int8 bundle loses {drop:.1%} accuracy on held-out clips (> {MAX_INT8_DROP:.0%}); "
+                             "use --quantize dynamic, more --calibration clips, or --force")
+    if opts.quantize != "int8" and parity["top1_agreement"] < MIN_TOP1:
+        raise ConvertRefused(f"bundle agrees with the Keras model on only {parity['top1_agreement']:.1%} of "
+                             f"held-out clips (< {MIN_TOP1:.0%}); --force to keep it anyway")
+
+
+def _manifest_metrics(inputs: _Inputs, opts: ConvertOptions, parity: _Parity, work: Path) -> dict[str, Metrics]:
+    """This split's Keras and bundle metrics and, step 6, the mean and spread over every split (or the
+    run's Keras summary without --every-split)."""
+    run = inputs.run
+    view = "binary" if inputs.anomaly else "macro"
+    metrics = {"keras": _metrics(parity.keras, view), "bundle": _metrics(parity.bundle, view)}
+    summary_path = run.run_dir / "metrics.json" if run and run.run_dir else None
+    if opts.every_split:
+        per_split = _score_every_split(opts, run, inputs.split, {"keras": parity.keras, "bundle": parity.bundle}, work)
+        for kind in ("keras", "bundle"):
+            summary = summarize([result[kind] for result in per_split])
+            metrics[f"{kind}_runs"] = _summary_metrics(summary, view)
+            row = metrics[f"{kind}_runs"]
+            opts.log(f"over {row.runs} splits ({row.clips} held-out clips), {kind}: accuracy {row.accuracy:.3f} ± "
+                     f"{row.accuracy_std:.3f}, precision {row.precision:.3f} ± {row.precision_std:.3f}, recall "
+                     f"{row.recall:.3f} ± {row.recall_std:.3f}, F1 {row.f1:.3f} ± {row.f1_std:.3f}")
+    elif summary_path and summary_path.is_file():
+        summary = json.loads(summary_path.read_text())["summary"]
+        if view in summary:
+            metrics["keras_runs"] = _summary_metrics(summary, view)
+    return metrics
+
+
+def _device_budget(
+    inputs: _Inputs, timings: list[dict[str, Any]], manifest: Manifest, log: Callable[[str], None]
+) -> DeviceBudget:
+    """The device budget from the model's MACs and the runtimes' timings, at the device's hop."""
+    from converter.budget import budget, model_macs, table
+
+    device = budget(model_macs(inputs.model), timings, manifest.sampling.frame_interval_s,
+                    inputs.run.hop if inputs.run else DEFAULT_HOP)
+    log("device budget:\n" + table(device))
+    return device
 
 
 def _score_every_split(

@@ -35,7 +35,7 @@ import numpy as np
 
 from converter import dataset as ds
 from converter.bootstrap import DEFAULT_RESAMPLES, METRICS, binary_scores, group_bootstrap
-from converter.device_rule import decision_defaults
+from converter.device_rule import classifier_defaults, decision_defaults
 from converter.events import Player, clip_stream, needs_splice, score_streams, spliced_streams
 from converter.splits import PROTOCOLS, Split, group_split, leave_one_source_out
 from converter.train import TEST_FRACTION, TrainOptions, fit, load, strata
@@ -91,7 +91,7 @@ def _score(
     model: Any, data: ds.Dataset, test: np.ndarray, opts: TrainOptions, seed: int, interval: float
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Clip units and event units (one per clip or spliced span) of the test clips, per source."""
-    settings = decision_defaults()
+    settings, classifier = decision_defaults(), classifier_defaults()
     anomaly_index = [data.labels.index(a) for a in opts.anomaly_classes]
     predict = ds.keras_predictor(model)
     items = [data.clips[i] for i in test]
@@ -103,12 +103,12 @@ def _score(
                            "label": item.clip.label, "anomalous": item.clip.label in opts.anomaly_classes,
                            "predicted": predicted, "alarm": predicted in opts.anomaly_classes,
                            "score": round(float(p[anomaly_index].sum()), 4)})
-    player = Player(predict, opts.representation, opts.frames, interval, settings, tuple(anomaly_index))
+    player = Player(predict, opts.representation, opts.frames, interval, settings, tuple(anomaly_index), classifier)
     event_units = []
     for source in dict.fromkeys(item.clip.source for item in items):
         mine = [item for item in items if item.clip.source == source]
         truth = [item.clip.label in opts.anomaly_classes for item in mine]
-        if needs_splice(mine, interval, opts.frames, settings):
+        if needs_splice(mine, interval, opts.frames, settings, classifier.hop):
             streams = spliced_streams(mine, truth, seed)
         else:
             streams = [clip_stream(item, t) for item, t in zip(mine, truth, strict=True)]
@@ -196,6 +196,7 @@ def _header(opts: CrossEvalOptions, data: ds.Dataset, interval: float) -> dict[s
         "sampling": topts.window_sampling().manifest([(len(d.frames), d.fps) for d in data.clips]),
         "event_interval_s": interval,
         "decision": decision_defaults().model_dump(),
+        "classifier": classifier_defaults().model_dump(),
         "seeds": list(range(topts.seed, topts.seed + opts.seeds)),
         "protocols": opts.protocols,
         "bootstrap": {"resamples": opts.resamples, "level": 0.95, "resampled": "groups", "pooled_over": "seeds"},

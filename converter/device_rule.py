@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from edge.core.config import DecisionConfig
+from edge.core.config import ClassifierConfig, DecisionConfig
 from edge.core.values import Prediction
 from edge.tools.calibrate.sweep import incidents
 
@@ -20,8 +20,13 @@ _LABELS = ["normal", "anomaly"]
 
 
 def decision_defaults() -> DecisionConfig:
-    """The device's decision settings as shipped (threshold 0.7, start_windows 3, end_windows 5, hop 4, ...)."""
+    """The device's decision settings as shipped (threshold 0.7, start_windows 3, end_windows 5, ...)."""
     return DecisionConfig()
+
+
+def classifier_defaults() -> ClassifierConfig:
+    """The device's classifier settings as shipped (a window every 4 sampled frames, scene cuts at 0.6)."""
+    return ClassifierConfig()
 
 
 def incident_times(ts: Sequence[float], scores: Sequence[float], settings: DecisionConfig) -> list[tuple[float, float]]:

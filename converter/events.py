@@ -2,7 +2,7 @@
 
 A user sees incidents, not window scores, so each test clip is played to the model as the device
 would see it: frames sampled on a fixed grid at the device's interval (nearest frame by timestamp),
-a window every ``hop`` sampled frames, scene cuts read as no movement (``decision.scene_cut``), and
+a window every ``hop`` sampled frames, scene cuts read as no movement (``classifier.scene_cut``), and
 the window scores replayed through the daemon's decision rule (converter.device_rule). A clip is an
 alarm if an incident opened.
 
@@ -31,7 +31,7 @@ import numpy as np
 from converter import dataset as ds
 from converter.device_rule import incident_times
 from converter.sampling import nearest
-from edge.core.config import DecisionConfig
+from edge.core.config import ClassifierConfig, DecisionConfig
 from edge.preprocess import SCALE, Representation, changed_fraction, model_input
 
 CHUNK = 32  # windows predicted at a time
@@ -85,15 +85,17 @@ def spliced_streams(items: Sequence[ds.Decoded], anomalous: Sequence[bool], seed
     return streams
 
 
-def needs_splice(items: Sequence[ds.Decoded], interval: float, frames: int, settings: DecisionConfig) -> bool:
+def needs_splice(
+    items: Sequence[ds.Decoded], interval: float, frames: int, settings: DecisionConfig, hop: int
+) -> bool:
     """True when a source's median clip is shorter than the video one incident needs."""
-    needed = interval * (frames + (settings.start_windows - 1) * settings.hop)
+    needed = interval * (frames + (settings.start_windows - 1) * hop)
     return float(np.median([(len(d.frames) - 1) / d.fps for d in items])) < needed
 
 
 @dataclass(frozen=True)
 class Player:
-    """How the device plays a stream to a model: its input, sampling interval and decision settings."""
+    """How the device plays a stream to a model: its input, sampling interval, classifier and decision settings."""
 
     predict: Callable[[np.ndarray], np.ndarray]
     representation: Representation
@@ -101,6 +103,7 @@ class Player:
     interval: float
     settings: DecisionConfig
     anomaly_index: tuple[int, ...]
+    classifier: ClassifierConfig
 
     @property
     def window_s(self) -> float:
@@ -109,17 +112,17 @@ class Player:
 
 def stream_scores(player: Player, stream: Stream) -> tuple[np.ndarray, np.ndarray]:
     """Timestamps and anomaly scores of the windows the device would classify over a stream."""
-    frames, settings = player.frames, player.settings
+    frames, classifier = player.frames, player.classifier
     targets = np.arange(stream.timestamps[0], stream.timestamps[-1] + 1e-9, player.interval)
     samples = nearest(stream.timestamps, targets)
     prepared = stream.frames[samples].astype(np.float32) * np.float32(SCALE)
     inputs = []
     for k in range(1, len(prepared)):
         previous = prepared[k - 1]
-        if changed_fraction(prepared[k], previous) > settings.scene_cut:
+        if changed_fraction(prepared[k], previous) > classifier.scene_cut:
             previous = prepared[k]  # the daemon reads a cut as no movement
         inputs.append(model_input(prepared[k], previous, player.representation))
-    starts = list(range(0, len(inputs) - frames + 1, settings.hop))
+    starts = list(range(0, len(inputs) - frames + 1, classifier.hop))
     if not starts:
         return np.empty(0), np.empty(0)
     scores = []

@@ -27,13 +27,13 @@ from typing import Literal, get_args
 
 import numpy as np
 
+from edge.core.config import DEFAULT_HOP
 from edge.preprocess import spread_indices
 
 SamplingMethod = Literal["spread", "interval"]
 SAMPLING_METHODS: tuple[str, ...] = get_args(SamplingMethod)
 DEFAULT_METHOD: SamplingMethod = "spread"  # reproduces the shipped model; `interval` is what the device sees
 DEFAULT_INTERVAL_S = 0.1
-DEFAULT_HOP = 4  # sampled frames between two evaluation windows: the device's decision.hop default
 SHORT_CLIP_FRACTION = 0.9
 _EPS = 1e-9
 

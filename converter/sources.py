@@ -92,3 +92,15 @@ def map_class(folder: str, class_map: Mapping[str, str], source: Source) -> str:
         return folder  # a folder already named like a target label maps to itself
     raise SourceError(f"{source.path / folder}: class folder {folder!r} of source {source.name or source.path} is "
                       f"not in --class-map; add {folder}=LABEL")
+
+
+def check_fine_tune(sources: Sequence[Source], site: Sequence[str], init_from: Path | None) -> None:
+    """``--site`` names sources given, ``--init-from`` is a run directory with a model; SourceError otherwise."""
+    names = [source.name for source in sources]
+    strangers = [name for name in site if name not in names]
+    if strangers:
+        raise SourceError(f"--site {', '.join(strangers)}: not a source name; sources are {', '.join(names)} "
+                          "(name the site's folder NAME=PATH)")
+    if init_from is not None and not (Path(init_from) / "model.keras").is_file():
+        raise SourceError(f"--init-from {init_from}: no model.keras there; pass a `rclstm-convert train` run "
+                          "directory")

@@ -8,6 +8,14 @@ groups, never the test clips. The run directory holds everything `evaluate` and 
     RUN_DIR/model.keras        the first split's model (its test clips are run.json's ``test_clips``)
     RUN_DIR/runs/NN/model.keras  every split's model, when there are several
     RUN_DIR/history.json, metrics.json, run.json, curves.png, confusion.png
+
+Learning from a site's own cameras (``rclstm-edge export-clips``): ``--init-from RUN_DIR`` starts
+from an earlier run's weights instead of random ones (same labels and shape, checked), and ``--site
+NAME`` names the sources that hold a site's exported clips. A site has few cameras, often one, so a
+group split could only put the whole site on one side: its clips are always trained on, never in a
+split's test side, and every split reports them on their own as ``site`` (how well the model now
+agrees with the site's verdicts: seen in training, not a held-out measure; hold out a camera with a
+second site source for that). The held-out figures stay those of the base sources' test clips.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from converter.metrics import scores, summarize, table
 from converter.models import build_convlstm, build_rclstm
 from converter.runs import RunRecord, SourceRecord, SplitRecord
 from converter.sampling import DEFAULT_HOP, DEFAULT_INTERVAL_S, DEFAULT_METHOD, SamplingMethod, WindowSampling
-from converter.sources import Source, unique_sources
+from converter.sources import Source, SourceError, check_fine_tune, unique_sources
 from converter.splits import Split, group_kfold, group_split, random_split
 from edge.preprocess import Representation, channels_for
 
@@ -63,6 +71,8 @@ class TrainOptions:
     lstm_units: int = 32
     learning_rate: float = 1e-3
     cache: Path | None = ds.DEFAULT_CACHE
+    init_from: Path | None = None  # a run directory whose model.keras gives the starting weights
+    site: list[str] = field(default_factory=list)  # sources always trained on, reported apart
 
     def source_list(self) -> list[Source]:
         if self.sources:
@@ -120,26 +130,37 @@ def strata(data: ds.Dataset, idx: np.ndarray | None = None) -> list[str]:
 
 
 def make_splits(data: ds.Dataset, opts: TrainOptions) -> list[Split]:
-    labels = strata(data)
-    groups = [d.clip.group if opts.split == "group" else d.clip.name for d in data.clips]
+    """Splits of the base sources' clips; every split trains on all ``--site`` clips as well."""
+    site = site_indices(data, opts)
+    base = np.setdiff1d(np.arange(len(data.clips)), site)
+    labels = strata(data, base)
+    groups = [data.clips[i].clip.group if opts.split == "group" else data.clips[i].clip.name for i in base]
     if opts.folds:
-        return group_kfold(labels, groups, opts.folds, opts.seed)
-    if opts.split == "group":
-        return [group_split(labels, groups, TEST_FRACTION, opts.seed + i) for i in range(opts.seeds)]
-    return [random_split(labels, TEST_FRACTION, opts.seed + i) for i in range(opts.seeds)]
+        splits = group_kfold(labels, groups, opts.folds, opts.seed)
+    elif opts.split == "group":
+        splits = [group_split(labels, groups, TEST_FRACTION, opts.seed + i) for i in range(opts.seeds)]
+    else:
+        splits = [random_split(labels, TEST_FRACTION, opts.seed + i) for i in range(opts.seeds)]
+    return [(np.concatenate([base[train], site]), base[test]) for train, test in splits]
+
+
+def site_indices(data: ds.Dataset, opts: TrainOptions) -> np.ndarray:
+    return np.array([i for i, d in enumerate(data.clips) if d.clip.source in opts.site], dtype=np.int64)
 
 
 def _validation(data: ds.Dataset, train_idx: np.ndarray, opts: TrainOptions, seed: int) -> Split:
-    """Carve a validation split out of the training clips (whole groups for a group split)."""
-    labels = strata(data, train_idx)
+    """Carve a validation split out of the training clips (whole groups for a group split; never site clips)."""
+    site = np.intersect1d(train_idx, site_indices(data, opts))
+    base = np.setdiff1d(train_idx, site)
+    labels = strata(data, base)
     try:
         if opts.split == "group":
-            inner = group_split(labels, [data.clips[i].clip.group for i in train_idx], VAL_FRACTION, seed)
+            inner = group_split(labels, [data.clips[i].clip.group for i in base], VAL_FRACTION, seed)
         else:
             inner = random_split(labels, VAL_FRACTION, seed)
     except ValueError:
         return train_idx, np.array([], dtype=np.int64)
-    return train_idx[inner[0]], train_idx[inner[1]]
+    return np.concatenate([base[inner[0]], site]), base[inner[1]]
 
 
 def build_model(opts: TrainOptions, num_classes: int) -> keras.Model:
@@ -157,6 +178,8 @@ def fit(data: ds.Dataset, train_idx: np.ndarray, opts: TrainOptions, seed: int) 
     y = data.y
     items = data.clips
     model = build_model(opts, len(data.labels))
+    if opts.init_from is not None:
+        start_from(model, opts.init_from, data.labels)
     monitor = "val_loss" if len(val_idx) else "loss"
     stop = keras.callbacks.EarlyStopping(monitor=monitor, patience=opts.patience, restore_best_weights=True)
     val = fixed_windows([items[i] for i in val_idx], y[val_idx], opts) if len(val_idx) else None
@@ -179,13 +202,38 @@ def fit(data: ds.Dataset, train_idx: np.ndarray, opts: TrainOptions, seed: int) 
     return model, {k: [float(v) for v in vs] for k, vs in history.history.items()}, record
 
 
+def start_from(model: keras.Model, run_dir: Path, labels: list[str]) -> None:
+    """Copy an earlier run's weights into ``model``; a run with other labels or another shape is refused."""
+    run = RunRecord.read(run_dir)
+    if run.labels != labels:
+        raise ds.DataError(f"--init-from {run_dir}: its labels are {', '.join(run.labels)}, this data's are "
+                           f"{', '.join(labels)}; map the classes to the same labels in the same order (--class-map, "
+                           "base source first)")
+    earlier = keras.models.load_model(Path(run_dir) / "model.keras", compile=False)
+    shapes = [w.shape for w in earlier.get_weights()], [w.shape for w in model.get_weights()]
+    if shapes[0] != shapes[1]:
+        raise ds.DataError(f"--init-from {run_dir}: its model has another shape; train with its --arch, --filters, "
+                           f"--pools, --lstm-units, --size, --frames and --representation (run.json options)")
+    model.set_weights(earlier.get_weights())
+    _log(f"starting from the weights of {run_dir}")
+
+
+def _scores_on(model: keras.Model, data: ds.Dataset, idx: np.ndarray, opts: TrainOptions) -> dict:
+    items = [data.clips[i] for i in idx]
+    probs = ds.clip_probs(ds.keras_predictor(model), items, opts.window_sampling(), opts.representation)
+    return scores(data.y[idx], probs.argmax(1), data.labels, opts.anomaly_classes)
+
+
 def _fit_one(data: ds.Dataset, split: Split, opts: TrainOptions, run: int) -> tuple[keras.Model, dict, dict]:
     _log(f"split {run + 1}: {len(split[0])} train (validation carved from them), {len(split[1])} test clips")
     model, history, record = fit(data, split[0], opts, opts.seed + run)
-    test = [data.clips[i] for i in split[1]]
-    probs = ds.clip_probs(ds.keras_predictor(model), test, opts.window_sampling(), opts.representation)
-    result = scores(data.y[split[1]], probs.argmax(1), data.labels, opts.anomaly_classes)
-    return model, history, {**result, **record, "test_clips": [item.clip.name for item in test]}
+    result = _scores_on(model, data, split[1], opts)
+    site = site_indices(data, opts)
+    if len(site):
+        result["site"] = _scores_on(model, data, site, opts)
+        _log(f"site clips ({', '.join(opts.site)}; trained on, not held out):\n"
+             + table(result["site"], data.labels))
+    return model, history, {**result, **record, "test_clips": [data.clips[i].clip.name for i in split[1]]}
 
 
 def _plot(out: Path, histories: list[dict], runs: list[dict], labels: list[str]) -> None:
@@ -241,6 +289,9 @@ def train(opts: TrainOptions) -> dict:
             model.save(out / "model.keras")
         _log(table(record, data.labels))
     summary = summarize(runs)
+    if opts.site:
+        summary["site"] = summarize([r["site"] for r in runs])
+        _log("site clips over the splits (trained on, not held out):\n" + table(summary["site"], data.labels))
     _log(f"over {len(runs)} split(s):\n" + table(summary, data.labels))
     (out / "history.json").write_text(json.dumps(histories, indent=1) + "\n")
     (out / "metrics.json").write_text(json.dumps({"summary": summary, "runs": runs}, indent=1) + "\n")
@@ -262,6 +313,10 @@ def load(opts: TrainOptions) -> ds.Dataset:
         raise ValueError(f"--interval {opts.interval} / --hop {opts.hop}: need a positive interval and hop")
     data = ds.load_dataset(opts.source_list(), opts.classes, opts.frames, opts.size, opts.cache,
                            class_map=opts.class_map, sampling=opts.window_sampling())
+    try:
+        check_fine_tune(data.sources, opts.site, opts.init_from)
+    except SourceError as exc:
+        raise ds.DataError(str(exc)) from None
     unknown = [c for c in opts.anomaly_classes if c not in data.labels]
     if unknown:
         raise ds.DataError(f"--anomaly-classes {', '.join(unknown)} not among the classes {', '.join(data.labels)}")

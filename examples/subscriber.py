@@ -26,6 +26,11 @@ run several copies with the same group and the broker hands each message to one 
 them the same ``--store`` file (SQLite serialises the writers) so a redelivery that lands on
 another member is still recognised.
 
+With ``--verdict DEVICE EVENT_ID false_alarm|confirmed`` it does not subscribe: it sends a person's
+verdict on one incident to ``{prefix}/DEVICE/feedback`` (QoS 1, validated against
+docs/schemas/feedback.json first), waits for the broker's acknowledgement and exits; the device keeps
+the verdict beside the incident's clip (docs/mqtt.md, "Verdicts").
+
 Needs paho-mqtt 2.x and, for validation, jsonschema (``--no-validate`` to run without it):
 ``pip install 'paho-mqtt>=2' jsonschema``, or ``pip install '.[subscriber]'`` from the checkout.
 Exit codes: 0 stopped by SIGINT/SIGTERM or --max-events reached, 1 cannot run (jsonschema missing, schema
@@ -43,6 +48,7 @@ import sqlite3
 import sys
 import threading
 from collections import OrderedDict
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -52,7 +58,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 DEFAULT_TOPIC = "rclstm/+/+/events"
-DEFAULT_SCHEMA = Path(__file__).resolve().parents[1] / "docs" / "schemas" / "event.json"
+SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
+DEFAULT_SCHEMA = SCHEMAS / "event.json"
+FEEDBACK_SCHEMA = SCHEMAS / "feedback.json"
+VERDICTS = ("false_alarm", "confirmed")
 MEMORY_KEYS = 100_000
 SESSION_EXPIRY_S = 86_400
 
@@ -208,6 +217,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--store", type=Path, metavar="FILE", help="SQLite file: store events, dedupe across restarts")
     parser.add_argument("--json", action="store_true", help="print each new event as its JSON line")
     parser.add_argument("--max-events", type=int, default=0, metavar="N", help="exit after N new events")
+    parser.add_argument("--verdict", nargs=3, metavar=("DEVICE", "EVENT_ID", "VERDICT"),
+                        help=f"send a verdict ({' or '.join(VERDICTS)}) on incident EVENT_ID to DEVICE and exit")
+    parser.add_argument("--prefix", default="rclstm", help="with --verdict: the devices' mqtt.prefix (default rclstm)")
+    parser.add_argument("--judged-by", help="with --verdict: who judged it (an operator id)")
+    parser.add_argument("--note", help="with --verdict: a short note (at most 500 characters)")
     args = parser.parse_args(argv)
     url = urlsplit(args.broker)
     if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
@@ -218,6 +232,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--session-expiry {args.session_expiry}: must be 0 or more seconds")
     if args.password_env and args.password_env not in os.environ:
         parser.error(f"--password-env {args.password_env}: that variable is not set")
+    if args.verdict and args.verdict[2] not in VERDICTS:
+        parser.error(f"--verdict ... {args.verdict[2]!r}: the verdict must be {' or '.join(VERDICTS)}")
     return args
 
 
@@ -230,23 +246,76 @@ def state_topics(events_topic: str) -> list[str]:
     return [f"{prefix}/{device}/status", f"{prefix}/{device}/{camera}/status", f"{prefix}/{device}/{camera}/anomaly"]
 
 
+def make_client(args: argparse.Namespace) -> mqtt.Client:
+    """An MQTT 5 client with the credentials and TLS the flags give (not yet connected)."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=args.client_id, protocol=mqtt.MQTTv5)
+    if args.username:
+        client.username_pw_set(args.username, os.environ.get(args.password_env or "", None))
+    if urlsplit(args.broker).scheme == "mqtts":
+        client.tls_set(ca_certs=str(args.ca) if args.ca else None)
+    return client
+
+
+def connect(client: mqtt.Client, broker: str, **kwargs: Any) -> bool:
+    url = urlsplit(broker)
+    try:
+        client.connect(url.hostname or "", url.port or (8883 if url.scheme == "mqtts" else 1883), **kwargs)
+    except OSError as exc:
+        print(f"error: cannot connect to {broker}: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def send_verdict(args: argparse.Namespace) -> int:
+    """Publish one verdict at QoS 1 and wait for the broker's PUBACK; 1 when it is refused or never acknowledged."""
+    device, event_id, verdict = args.verdict
+    message: dict[str, Any] = {"schema_version": 1, "event_id": event_id, "device_id": device, "verdict": verdict,
+                               "judged_at": datetime.now(timezone.utc).isoformat(timespec="seconds")
+                               .replace("+00:00", "Z")}
+    message.update({k: v for k, v in (("judged_by", args.judged_by), ("note", args.note)) if v})
+    if not args.no_validate:
+        try:
+            load_validator(FEEDBACK_SCHEMA).validate(message)
+        except Exception as exc:  # jsonschema's ValidationError: one line naming what is wrong
+            print(f"error: the verdict is not valid: {getattr(exc, 'message', exc)}", file=sys.stderr)
+            return 2
+    topic = f"{args.prefix}/{device}/feedback"
+    client = make_client(args)
+    acked: dict[str, Any] = {}
+    done = threading.Event()
+    client.on_publish = lambda c, u, mid, reason, props: (acked.update(reason=reason), done.set())
+    if not connect(client, args.broker):
+        return 1
+    client.loop_start()
+    try:
+        client.publish(topic, json.dumps(message, separators=(",", ":")), qos=1)
+        if not done.wait(30):
+            print(f"error: no acknowledgement from {args.broker} for {topic} within 30 s", file=sys.stderr)
+            return 1
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    reason = acked.get("reason")
+    if reason is not None and reason.is_failure:
+        print(f"error: the broker refused the verdict on {topic}: {reason} (check its ACL)", file=sys.stderr)
+        return 1
+    print(f"sent {verdict} for {event_id} to {topic}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.verdict:
+        return send_verdict(args)
     validator = None if args.no_validate else load_validator(args.schema)
     seen: MemorySeen | SqliteSeen = SqliteSeen(args.store) if args.store else MemorySeen()
     consumer = Consumer(args, seen, validator)
-    url = urlsplit(args.broker)
     topic = f"$share/{args.share}/{args.topic}" if args.share else args.topic
     # State topics are never shared: every member of a group wants availability, and a shared
     # subscription gets no retained messages.
     states = [] if args.no_status else state_topics(args.topic)
     persistent = bool(args.client_id)
-
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=args.client_id, protocol=mqtt.MQTTv5)
-    if args.username:
-        client.username_pw_set(args.username, os.environ.get(args.password_env or "", None))
-    if url.scheme == "mqtts":
-        client.tls_set(ca_certs=str(args.ca) if args.ca else None)
+    client = make_client(args)
 
     def on_connect(c: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
@@ -273,15 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     client.on_message = on_message
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: consumer.done.set())
-    try:
-        properties = None
-        if persistent:
-            properties = Properties(PacketTypes.CONNECT)
-            properties.SessionExpiryInterval = args.session_expiry
-        client.connect(url.hostname or "", url.port or (8883 if url.scheme == "mqtts" else 1883),
-                       clean_start=not persistent, properties=properties)
-    except OSError as exc:
-        print(f"error: cannot connect to {args.broker}: {exc}", file=sys.stderr)
+    properties = None
+    if persistent:
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = args.session_expiry
+    if not connect(client, args.broker, clean_start=not persistent, properties=properties):
         return 1
     client.loop_start()
     try:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from edge.adapters.runtime import BundleModel
-from edge.core.config import Config, DecisionConfig, load_config
+from edge.core.config import Config, DecisionConfig, load_config, tomllib, validate_config
 from edge.core.values import Prediction
 from edge.stages.decision import Decider
 from edge.synthetic import render_clip, write_stream, write_video
@@ -105,16 +105,16 @@ def test_calm_recordings_give_a_threshold_with_no_false_alarm_and_a_lower_one_wi
     # Proof through the daemon's own chain, file by file: the chosen setting stays silent...
     camera = select_camera(config, "door", None)
     model = BundleModel.configured(config.model)
-    base = config.decision_for(camera)
+    base, classifier = config.decision_for(camera), config.classifier_for(camera)
     chosen_settings = base.model_copy(update={"threshold": chosen.threshold, "start_windows": chosen.start_windows})
     for video in calm:
-        result = scan(file_camera(camera, video), chosen_settings, model, "pi", "store")
+        result = scan(file_camera(camera, video), chosen_settings, classifier, model, "pi", "store")
         assert result.events == [], video
         # ...and on the cached scores a fresh Decider agrees, while one step lower raises alarms.
         cached = [w.prediction for w in result.windows]
         assert decider_incidents(cached, chosen_settings) == 0
     lower_settings = chosen_settings.model_copy(update={"threshold": lower})
-    alarms = sum(len([e for e in scan(file_camera(camera, v), lower_settings, model, "pi", "store").events
+    alarms = sum(len([e for e in scan(file_camera(camera, v), lower_settings, classifier, model, "pi", "store").events
                       if e.type == "start"]) for v in calm)
     assert alarms >= 1
 
@@ -222,6 +222,13 @@ def test_edit_decision_layouts() -> None:
         edit_decision(inline, "a", 0.25, 3)
     with pytest.raises(ConfigEditError, match="camera b is not in the config file"):
         edit_decision(last, "b", 0.25, 3)
+
+    # A camera whose [cameras.decision] still holds hop (before [classifier]): edited, hop kept where it is.
+    old_layout = '[[cameras]]\nid = "a"\nsource = 0\n[cameras.decision]\nhop = 2\nthreshold = 0.3\n'
+    edited = edit_decision(old_layout, "a", 0.25, 3)
+    assert edited == old_layout.replace("threshold = 0.3\n", "threshold = 0.25\nstart_windows = 3\n")
+    config = validate_config(tomllib.loads(edited))
+    assert config.classifier_for(config.cameras[0]).hop == 2 and len(config.deprecations) == 1
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str], code: int = 2) -> str:

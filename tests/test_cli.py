@@ -169,3 +169,20 @@ def test_a_bundle_near_chance_is_named_by_check_and_run(tmp_path: Path) -> None:
     run = rclstm("run", "--config", str(config), "--fast")
     assert run.returncode == 0, run.stderr
     assert "records accuracy 0.50 on its held-out clips, about chance" in run.stderr
+
+
+def test_an_old_config_with_hop_under_decision_still_runs_and_says_where_it_moved(tmp_path: Path) -> None:
+    """Installed configs from before [classifier] keep working: check and run name each moved key in one line."""
+    video = tmp_path / "calm.mp4"
+    write_stream(video, [("calm", 3.0)], fps=25)
+    config = tmp_path / "config.toml"
+    config.write_text(f'site = "s"\n[model]\nbundle = "demo"\n[decision]\nhop = 2\n'
+                      f'[[cameras]]\nid = "c"\nsource = "{video}"\n')
+    expected = "decision.hop = 2 is deprecated there; move it to classifier.hop ([classifier] table)"
+    check = rclstm("check", "--config", str(config))
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert f"WARN config: {expected}" in check.stdout.splitlines(), check.stdout
+    run = rclstm("run", "--config", str(config), "--fast")
+    assert run.returncode == 0, run.stderr
+    said = [line for line in run.stderr.splitlines() if "deprecated" in line]
+    assert len(said) == 1 and f'level=warning logger=edge msg="{expected}"' in said[0], run.stderr

@@ -41,7 +41,8 @@ source = "rtsp://10.0.0.5/stream1"
 [[cameras]]
 id = "till"
 source = 0
-decision = { threshold = 0.8, hop = 2 }
+decision = { threshold = 0.8 }
+classifier = { hop = 2 }
 """
 
 
@@ -57,7 +58,9 @@ def test_valid_file_with_per_camera_overrides(tmp_path: Path) -> None:
     assert [c.id for c in config.cameras] == ["entrance", "till"]
     assert [c.resolved_kind() for c in config.cameras] == ["rtsp", "v4l2"]
     till = config.decision_for(config.cameras[1])
-    assert (till.threshold, till.hop, till.end_windows) == (0.8, 2, config.decision.end_windows)
+    assert (till.threshold, till.end_windows) == (0.8, config.decision.end_windows)
+    assert (config.classifier_for(config.cameras[1]).hop, config.classifier_for(config.cameras[0]).hop) == (2, 4)
+    assert config.deprecations == []
     assert config.decision_for(config.cameras[0]).threshold == 0.6
     assert (config.mqtt.host, config.mqtt.port, config.mqtt.tls) == ("broker.example", 8884, True)
 
@@ -69,8 +72,45 @@ def test_no_file_gives_runnable_defaults() -> None:
 
 
 def test_overrides_are_dotted_keys(tmp_path: Path) -> None:
-    config = override(load_config(write(tmp_path, VALID)), {"mqtt.url": "mqtt://localhost", "decision.hop": 8})
-    assert (config.mqtt.port, config.mqtt.tls, config.decision.hop) == (1883, False, 8)
+    config = override(load_config(write(tmp_path, VALID)), {"mqtt.url": "mqtt://localhost", "classifier.hop": 8})
+    assert (config.mqtt.port, config.mqtt.tls, config.classifier.hop) == (1883, False, 8)
+
+
+OLD_LAYOUT = """
+[decision]
+threshold = 0.6
+hop = 2
+scene_cut = 0.9
+
+[[cameras]]
+id = "till"
+source = 0
+[cameras.decision]
+threshold = 0.8
+hop = 8
+"""
+
+
+def test_classifier_keys_under_decision_still_load_with_one_line_each(tmp_path: Path) -> None:
+    """Configs written before [classifier] existed keep their meaning; each moved key is named once."""
+    config = load_config(write(tmp_path, OLD_LAYOUT))
+    till = config.cameras[0]
+    assert (config.classifier.hop, config.classifier.scene_cut, config.classifier_for(till).hop) == (2, 0.9, 8)
+    assert (config.decision.threshold, config.decision_for(till).threshold) == (0.6, 0.8)
+    assert config.deprecations == [
+        "decision.hop = 2 is deprecated there; move it to classifier.hop ([classifier] table)",
+        "decision.scene_cut = 0.9 is deprecated there; move it to classifier.scene_cut ([classifier] table)",
+        "cameras.0.decision.hop = 8 is deprecated there; move it to cameras.0.classifier.hop "
+        "([cameras.classifier] table)",
+    ]
+    # A command-line override keeps the file's notes.
+    assert override(config, {"site": "x"}).deprecations == config.deprecations
+
+
+def test_a_classifier_key_in_both_places_is_one_error_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, "[decision]\nhop = 2\n[classifier]\nhop = 3\n"))
+    assert caught.value.problems == ["decision.hop and classifier.hop are both set; keep classifier.hop only"]
 
 
 @pytest.mark.parametrize(

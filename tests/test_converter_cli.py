@@ -46,6 +46,20 @@ def test_bad_inputs_fail_before_tensorflow_loads(tmp_path: Path, args: list[str]
     assert took < 10, took  # ~1 s on a loaded 2-core machine; TensorFlow alone takes ~10 s to import
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--site", "nope"], "--site nope: not a source name; sources are data (name the site's folder NAME=PATH)"),
+    (["--init-from", "EMPTY"], "--init-from EMPTY: no model.keras there; pass a `rclstm-convert train` run"),
+], ids=["unknown-site", "init-from-not-a-run"])
+def test_bad_fine_tune_flags_fail_before_tensorflow_loads(synth_data: Path, tmp_path: Path, args: list[str],
+                                                          message: str) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = [a.replace("EMPTY", str(empty)) for a in args]
+    done, _ = convert_cli("train", str(synth_data), "--out", str(tmp_path / "out"), *args)
+    assert done.returncode == 2 and done.stdout.strip() == "no tensorflow", done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and message.replace("EMPTY", str(empty)) in done.stderr
+
+
 def test_version_and_help_for_every_flag() -> None:
     from edge import __version__
 

@@ -10,7 +10,7 @@ import pytest
 
 from converter import dataset as ds
 from converter.bootstrap import METRICS, group_bootstrap
-from converter.device_rule import decision_defaults
+from converter.device_rule import classifier_defaults, decision_defaults
 from converter.events import Player, Span, Stream, needs_splice, span_alarms, spliced_streams, stream_scores
 from converter.sampling import WindowSampling
 
@@ -86,8 +86,9 @@ def test_splice_concatenates_a_groups_clips_and_records_their_spans() -> None:
     assert {(s.clip, s.anomalous) for s in spans} == {("s/fight/f1.mp4", True), ("s/calm/c1.mp4", False)}
     assert spliced_streams(items, [True, False, False], seed=0)[0].spans == first.spans  # seeded order
     settings = decision_defaults()
-    assert needs_splice(items, 0.1, 20, settings)  # 2 s clips: an incident needs 2.8 s
-    assert not needs_splice([_decoded("f", "g", 150, 30.0, 0)], 0.1, 20, settings)
+    hop = classifier_defaults().hop
+    assert needs_splice(items, 0.1, 20, settings, hop)  # 2 s clips: an incident needs 2.8 s
+    assert not needs_splice([_decoded("f", "g", 150, 30.0, 0)], 0.1, 20, settings, hop)
 
 
 def test_span_rules_found_and_false_alarm() -> None:
@@ -112,7 +113,7 @@ def test_stream_windows_follow_the_device_grid() -> None:
         calls.append(batch.shape)
         return np.tile([0.2, 0.8], (len(batch), 1))
 
-    ts, scores = stream_scores(Player(predict, "diff", 20, 0.1, settings, (1,)), stream)
+    ts, scores = stream_scores(Player(predict, "diff", 20, 0.1, settings, (1,), classifier_defaults()), stream)
     # 4 s at 0.1 s = 40 samples (0.0-3.9 s), 39 inputs; windows of 20 every 4 samples: starts 0..16.
     assert len(ts) == 5 and np.allclose(np.diff(ts), 0.4) and ts[0] == pytest.approx(2.0)
     assert calls[0][1:] == (20, 8, 8, 3) and np.allclose(scores, 0.8)
@@ -149,11 +150,12 @@ def test_crosseval_end_to_end_writes_every_field(crosseval_out: Path) -> None:
     results = json.loads((out / "results.json").read_text())
     assert (out / "crosseval.png").read_bytes()[:4] == b"\x89PNG"
     assert set(results) == {"created_at", "argv", "options", "sources", "labels", "anomaly_labels", "class_map",
-                            "grouping", "sampling", "event_interval_s", "decision", "seeds", "protocols",
+                            "grouping", "sampling", "event_interval_s", "decision", "classifier", "seeds", "protocols",
                             "bootstrap", "complete", "summary", "runs", "units"}
     assert results["complete"] is True
     assert [s["name"] for s in results["sources"]] == ["short", "far"]
     assert results["sampling"]["method"] == "interval" and results["decision"]["start_windows"] == 3
+    assert results["classifier"] == {"hop": 4, "scene_cut": 0.6}
     rows = {(r["protocol"], r["level"], r["source"]): r for r in results["summary"]}
     assert set(rows) == {(p, level, s) for p in ("loso", "group") for level in ("clip", "event")
                          for s in ("short", "far")}

@@ -4,14 +4,14 @@ could not run, passwords that are not UTF-8, and secrets in outputs."""
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from edge.synthetic import write_stream
+from testbed.faults import damaged_mp4
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,19 +21,41 @@ def _edge(*args: str, env: dict | None = None, timeout: float = 180) -> subproce
                           timeout=timeout, env=env if env is not None else dict(os.environ))
 
 
-def test_ffmpeg_never_writes_to_the_daemons_stderr(tmp_path: Path) -> None:
-    video = tmp_path / "clip.mp4"
-    write_stream(video, [("calm", 8.0)], fps=25)
-    data = bytearray(video.read_bytes())
-    rng = random.Random(1)
-    for i in range(len(data) // 3, len(data) * 2 // 3, 7):  # a damaged middle: FFmpeg complains per frame
-        data[i] = rng.randrange(256)
-    video.write_bytes(bytes(data))
-    run = _edge("run", "--source", str(video), "--fast", "--state-dir", str(tmp_path / "state"))
+def _raw_ffmpeg_lines(video: Path) -> int:
+    """How many lines FFmpeg writes to fd 2 decoding ``video`` through OpenCV on its own (no logger)."""
+    code = "import cv2, sys\ncap = cv2.VideoCapture(sys.argv[1])\nwhile cap.read()[0]:\n    pass\n"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCV_FFMPEG")}
+    done = subprocess.run([sys.executable, "-c", code, str(video)], capture_output=True, text=True, env=env,
+                          timeout=120, check=True)
+    return len(done.stderr.splitlines())
+
+
+def test_ffmpeg_lines_go_through_the_logger_bounded_in_every_command(tmp_path: Path) -> None:
+    """Every stderr line is logfmt; FFmpeg's own lines are logger=ffmpeg records, at most NATIVE_BURST per
+    window, and the summary lines count exactly the ones left out, so nothing is hidden silently."""
+    from edge.adapters.logs import NATIVE_BURST, NATIVE_WINDOW_S
+
+    video = damaged_mp4(tmp_path / "clip.mp4")
+    raw = _raw_ffmpeg_lines(video)
+    assert raw > NATIVE_BURST, raw  # the damage is enough to need the limit
+    started = time.monotonic()
+    run = _edge("run", "--source", str(video), "--fast", "--state-dir", str(tmp_path / "state"),
+                env={**os.environ, "OPENCV_FFMPEG_LOGLEVEL": "24"})  # would print to stdout if it were kept
+    windows = int((time.monotonic() - started) // NATIVE_WINDOW_S) + 1
     assert run.returncode == 0, run.stderr
+    assert "OPENCV:FFMPEG" not in run.stdout
     lines = run.stderr.splitlines()
-    assert lines, "the daemon logged nothing"
-    assert [line for line in lines if not line.startswith("ts=")] == []
+    assert lines and [line for line in lines if not line.startswith("ts=")] == []
+    ffmpeg = [line for line in lines if "logger=ffmpeg" in line]
+    summaries = [line for line in ffmpeg if " suppressed=" in line]
+    logged = len(ffmpeg) - len(summaries)
+    assert 0 < logged <= NATIVE_BURST * windows, len(ffmpeg)
+    assert logged + sum(int(line.rsplit("suppressed=", 1)[1]) for line in summaries) == raw
+    assert all("@ 0x" not in line for line in ffmpeg)
+
+    replay = _edge("replay", str(video), "--out", str(tmp_path / "replay"), "--no-plots", "--model", "demo")
+    assert replay.returncode == 0, replay.stderr
+    assert [line for line in replay.stderr.splitlines() if not line.startswith("ts=")] == []
 
 
 def _check(tmp_path: Path, toml: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
@@ -71,7 +93,7 @@ def test_the_longest_allowed_prefix_makes_topics_a_real_broker_accepts(mosquitto
     publisher.start()
     try:
         assert publisher.connected.wait(10)
-        publisher.publish_direct(topic, b"fits")
+        assert publisher.publish_direct(topic, b"fits")
         assert sub.wait_for(lambda messages: any(m.topic == topic for m in messages), timeout=10)
     finally:
         publisher.stop()

@@ -17,28 +17,17 @@ import numpy as np
 import pytest
 
 from edge.preprocess import bound_frame, prepare_frame
+from testbed.faults import pattern_video
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "systemd" / "rclstm-edge.service"
 
 
-def _video(path: Path, width: int, height: int, frames: int = 20, fps: float = 10.0) -> Path:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    yy, xx = np.mgrid[0:height, 0:width]
-    base = ((xx // 40 + yy // 40) % 2 * 120 + 60).astype(np.uint8)
-    for i in range(frames):
-        frame = np.dstack([base, np.roll(base, i * 16, axis=1), base[::-1]])
-        cv2.rectangle(frame, (i * width // frames, height // 3), (i * width // frames + width // 8, height // 2),
-                      (255, 255, 255), -1)
-        writer.write(frame)
-    writer.release()
-    return path
-
-
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     directory = tmp_path_factory.mktemp("resolutions")
-    return {"4k": _video(directory / "4k.mp4", 3840, 2160), "720p": _video(directory / "720p.mp4", 1280, 720)}
+    return {"4k": pattern_video(directory / "4k.mp4", 3840, 2160),
+            "720p": pattern_video(directory / "720p.mp4", 1280, 720)}
 
 
 def _rss_mb(tmp_path: Path, video: Path, cameras: int, seconds: float = 12.0) -> tuple[float, float]:

@@ -3,60 +3,21 @@ damaged SQLite files, a real ``python -m edge run`` for the first start."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from edge.adapters.outbox import Outbox, OutboxUnavailable
+from testbed.faults import checkpointed_outbox, fill_inodes, fill_space, unclean_wal
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MB tmpfs with 64 inodes, or a skip where mounting is not allowed."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,nr_inodes=64", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def _fill_inodes(directory: Path) -> list[Path]:
-    made = []
-    try:
-        while True:
-            path = directory / f"filler-{len(made)}"
-            path.touch()
-            made.append(path)
-    except OSError:
-        return made
-
-
-def _fill_space(directory: Path) -> Path:
-    filler = directory / "filler.bin"
-    with open(filler, "wb", buffering=0) as out:
-        try:
-            while True:
-                out.write(b"\0" * 4096)
-                out.flush()
-        except OSError:
-            pass
-    return filler
 
 
 def test_intact_outbox_is_kept_when_it_cannot_be_opened_for_lack_of_inodes(
@@ -66,10 +27,11 @@ def test_intact_outbox_is_kept_when_it_cannot_be_opened_for_lack_of_inodes(
     for i in range(12):
         box.put("cam/events", f"event {i}".encode())
     box.close()
-    fillers = _fill_inodes(tmpfs)
+    fillers = fill_inodes(tmpfs)
     with pytest.raises(OutboxUnavailable, match=r"cannot be opened .*still failing"):
         Outbox(state / "outbox.db", open_retry_s=1.0)
-    assert sorted(p.name for p in state.iterdir()) == ["outbox.db"], "an intact outbox was renamed"
+    assert sorted(p.name for p in state.iterdir()) == ["outbox.db", "outbox.db-last-id"], \
+        "an intact outbox was renamed"
     assert "not corruption, the file is kept" in caplog.text
     for path in fillers:
         path.unlink()
@@ -80,8 +42,8 @@ def test_intact_outbox_is_kept_when_it_cannot_be_opened_for_lack_of_inodes(
 def test_full_disk_at_first_start_is_one_line_and_no_fake_corrupt_file(tmpfs: Path, tmp_path: Path) -> None:
     state = tmpfs / "state"
     state.mkdir()
-    _fill_space(tmpfs)
-    _fill_inodes(tmpfs)
+    fill_space(tmpfs)
+    fill_inodes(tmpfs)
     config = tmp_path / "config.toml"
     config.write_text(f'state_dir = "{state}"\n[mqtt]\nurl = "mqtt://127.0.0.1:9"\n[outbox]\nopen_retry_s = 1\n'
                       '[[cameras]]\nid = "cam"\nsource = "/nonexistent.mp4"\n')
@@ -94,19 +56,10 @@ def test_full_disk_at_first_start_is_one_line_and_no_fake_corrupt_file(tmpfs: Pa
         assert not list(state.glob("*corrupt*"))
 
 
-def _outbox_with(path: Path, count: int, size: int = 500) -> list[bytes]:
-    box = Outbox(path)
-    payloads = [f"event {i:04d} ".encode() + b"x" * size for i in range(count)]
-    for payload in payloads:
-        box.put("cam/events", payload)
-    box.close()  # the last connection checkpoints the WAL into the file
-    return payloads
-
-
 def test_real_corruption_salvages_every_readable_row_and_counts_the_rest(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "outbox.db"
-    payloads = _outbox_with(path, 173)
+    payloads = checkpointed_outbox(path, 173)
     page = sqlite3.connect(path).execute("PRAGMA page_size").fetchone()[0]
     data = bytearray(path.read_bytes())
     pages = len(data) // page
@@ -127,7 +80,7 @@ def test_real_corruption_salvages_every_readable_row_and_counts_the_rest(
 
 def test_a_damaged_payload_is_quarantined_never_handed_out(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "outbox.db"
-    payloads = _outbox_with(path, 5, size=50)
+    payloads = checkpointed_outbox(path, 5, size=50)
     data = bytearray(path.read_bytes())
     at = data.index(b"event 0003 ") + 8
     data[at] ^= 0x01  # "event 0003" becomes "event 0002"-like: one bit, invisible to quick_check
@@ -150,8 +103,8 @@ def test_clean_stop_on_a_full_disk_says_exactly_how_many_events_are_lost(
     sink = MqttSink(config)
     sink.open([], "model 1")
     assert sink.outbox is not None
-    _fill_space(tmpfs)
-    _fill_inodes(tmpfs)
+    fill_space(tmpfs)
+    fill_inodes(tmpfs)
     total = 25
     for i in range(total):
         sink._queue("rclstm/d/cam/events", f'{{"event_id": "{uuid.uuid4()}", "i": {i}}}'.encode() + b" " * 20_000)
@@ -169,8 +122,8 @@ def test_clean_stop_on_a_full_disk_says_exactly_how_many_events_are_lost(
 def test_a_long_write_outage_is_one_line_when_it_starts_and_one_when_it_ends(
         tmpfs: Path, caplog: pytest.LogCaptureFixture) -> None:
     box = Outbox(tmpfs / "state" / "outbox.db")
-    filler = _fill_space(tmpfs)
-    fillers = _fill_inodes(tmpfs)
+    filler = fill_space(tmpfs)
+    fillers = fill_inodes(tmpfs)
     with caplog.at_level(logging.DEBUG):
         failed = [box.put("cam/events", b"y" * 50_000) for _ in range(8)]
         assert failed.count(None) >= 2
@@ -184,22 +137,12 @@ def test_a_long_write_outage_is_one_line_when_it_starts_and_one_when_it_ends(
     assert box.errors == failed.count(None)
 
 
-WAL_WRITER = """
-import os, sqlite3, sys
-from edge.adapters.outbox import Outbox
-box = Outbox(sys.argv[1])
-box._db.execute("PRAGMA wal_autocheckpoint=0")  # everything stays in the -wal, as between checkpoints
-for i in range(30):
-    box.put("cam/events", b"event %d " % i + b"x" * 300)
-os._exit(0)  # like SIGKILL: no close, no checkpoint
-"""
 
 
 def test_a_garbled_wal_after_an_unclean_stop_is_said_not_silent(tmp_path: Path,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "outbox.db"
-    subprocess.run([sys.executable, "-c", WAL_WRITER, str(path)], check=True, cwd=ROOT, timeout=60)
-    wal = Path(f"{path}-wal")
+    wal = unclean_wal(path)
     data = bytearray(wal.read_bytes())
     assert len(data) > 10_000
     data[len(data) // 2] ^= 0xFF  # one byte in the middle of the log
@@ -213,7 +156,67 @@ def test_a_garbled_wal_after_an_unclean_stop_is_said_not_silent(tmp_path: Path,
 def test_an_intact_wal_after_an_unclean_stop_is_replayed_without_complaint(tmp_path: Path,
                                                                            caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "outbox.db"
-    subprocess.run([sys.executable, "-c", WAL_WRITER, str(path)], check=True, cwd=ROOT, timeout=60)
+    unclean_wal(path)
     box = Outbox(path)
     assert box.depth() == 30
     assert "write-ahead log" not in caplog.text
+
+
+def test_paho_memory_is_bounded_while_disk_and_broker_are_both_down_and_nothing_is_lost(
+        tmpfs: Path, broker_factory, subscriber) -> None:
+    """Disk full and broker stopped: what the outbox cannot store goes to paho only up to its bound, the rest
+    waits in the sink's own bounded queue and is stored once the disk has room; the broker, back, gets all."""
+    from edge.core.config import validate_config
+    from edge.sinks.mqtt import MqttSink
+
+    broker = broker_factory(persistence=True)  # the consumer's session survives the broker's restart
+    consumer = subscriber(broker, "rclstm/d/cam/events", persistent_id="bounded-consumer")
+    broker.stop()
+    config = validate_config({"device_id": "d", "state_dir": str(tmpfs / "state"), "mqtt": {"url": broker.url}})
+    sink = MqttSink(config)
+    sink.open([], "model 1")
+    assert sink.publisher is not None and sink.outbox is not None
+    sink.publisher.max_unsaved_bytes = 10 * 1_100  # about ten of these messages in paho's memory
+    filler, fillers = fill_space(tmpfs), fill_inodes(tmpfs)
+    ids = [str(uuid.uuid4()) for _ in range(40)]
+    for event_id in ids:
+        sink._queue("rclstm/d/cam/events", f'{{"event_id": "{event_id}"}}'.encode() + b" " * 1_000)
+    in_paho = sink.publisher.unsaved()
+    assert 0 < in_paho <= 10 and sink.held() == len(ids) - in_paho - sink.outbox.depth() > 0
+    filler.unlink()
+    for path in fillers:
+        path.unlink()
+    sink.delivery()  # the stats tick: the held messages go into the outbox
+    assert sink.held() == 0 and sink.lost == 0
+    broker.start()
+    received = lambda messages: {json.loads(m.payload)["event_id"] for m in messages}  # noqa: E731
+    assert consumer.wait_for(lambda messages: received(messages) >= set(ids), timeout=120), \
+        f"{len(set(ids) - received(consumer.messages))} of {len(ids)} events missing"
+    sink.close(5.0)
+
+
+@pytest.mark.parametrize("damage", ["deleted", "cut at a frame", "cut mid-frame"])
+def test_a_lost_or_cut_wal_after_an_unclean_stop_says_how_many_messages_are_missing(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str) -> None:
+    """SQLite opens such a database without a word; the last-id marker beside it tells what is missing."""
+    path = tmp_path / "outbox.db"
+    wal = unclean_wal(path)
+    data = wal.read_bytes()
+    page = int.from_bytes(data[8:12], "big")
+    frames = (len(data) - 32) // (24 + page)
+    if damage == "deleted":
+        wal.unlink()
+    else:
+        keep = 32 + (frames // 2) * (24 + page) + (0 if damage == "cut at a frame" else 100)
+        wal.write_bytes(data[:keep])
+    box = Outbox(path)
+    survived = box.depth()
+    assert survived < 30
+    [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    missing = 30 - survived
+    assert f"{missing} message(s) stored before it" in line and f"up to {missing} event(s) lost" in line, line
+    assert box.lost == missing
+    box.close()
+    caplog.clear()
+    Outbox(path).close()  # said once: the next start finds nothing new missing
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

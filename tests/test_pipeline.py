@@ -14,7 +14,7 @@ import pytest
 
 from edge.adapters.runtime import BundleModel
 from edge.adapters.sources import CameraSource
-from edge.core.config import CameraConfig, DecisionConfig
+from edge.core.config import CameraConfig, ClassifierConfig, DecisionConfig
 from edge.core.messages import Event, message_json, schema
 from edge.core.values import Frame, OfflineReason, Output
 from edge.stages.pipeline import CameraPipeline
@@ -39,9 +39,9 @@ class Sink:
         return [o.event for o in self.outputs]
 
 
-def pipeline(model: BundleModel, camera: CameraConfig | None = None, **decision: float) -> CameraPipeline:
+def pipeline(model: BundleModel, camera: CameraConfig | None = None, scene_cut: float = 0.6) -> CameraPipeline:
     camera = camera or CameraConfig(id="door", source="unused.mp4")
-    return CameraPipeline(camera, DecisionConfig(**decision), model, "pi-7", "store 12")
+    return CameraPipeline(camera, DecisionConfig(), ClassifierConfig(scene_cut=scene_cut), model, "pi-7", "store 12")
 
 
 def synthetic_frames(kind: str, seconds: float, fps: float = 25.0, t0: float = 0.0, seed: int = 0) -> list[Frame]:
@@ -185,7 +185,7 @@ def test_decoding_only_sampled_frames_gives_the_same_events(tmp_path: Path, demo
     camera = CameraConfig(id="door", source=str(video), kind="file", realtime=False)
     runs = []
     for hook in (lambda *_: None, None):
-        result = scan(camera, DecisionConfig(), demo_model, "pi-7", "store 12", on_frame=hook)
+        result = scan(camera, DecisionConfig(), ClassifierConfig(), demo_model, "pi-7", "store 12", on_frame=hook)
         runs.append((
             [e.model_dump(exclude={"event_id", "started_at", "ended_at", "emitted_at"}) for e in result.events],
             [(t.kind, t.ts, t.peak_ts) for t in result.transitions],

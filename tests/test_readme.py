@@ -25,7 +25,7 @@ def test_config_example_is_valid(tmp_path: Path) -> None:
 def test_documented_subcommands_exist() -> None:
     text = README.read_text()
     for tool, module in (("rclstm-edge", "edge"), ("rclstm-convert", "converter")):
-        documented = set(re.findall(rf"^{tool} (\w+)", text, re.M))
+        documented = set(re.findall(rf"^{tool} ([\w-]+)", text, re.M))
         assert documented, f"no {tool} commands documented"
         for command in documented:
             result = subprocess.run([sys.executable, "-m", module, command, "--help"], capture_output=True, text=True)

@@ -62,7 +62,8 @@ class AclBroker(Broker):
             subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, f"{user}-pw"], check=True,
                            capture_output=True)
         acl = self.workdir / "acl"
-        acl.write_text("user backend\ntopic read rclstm/#\n\npattern readwrite rclstm/%u/#\n")
+        acl.write_text("user backend\ntopic read rclstm/#\ntopic write rclstm/+/feedback\n\n"
+                       "pattern write rclstm/%u/#\npattern read rclstm/%u/feedback\n")
         conf.write_text(conf.read_text() + f"acl_file {acl}\n")
         return conf
 
@@ -76,7 +77,7 @@ def acl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     broker.stop()
 
 
-def publish_as(broker: Broker, user: str, topic: str) -> object:
+def publish_as(broker: Broker, user: str, topic: str, payload: bytes = b'{"forged": true}') -> object:
     """Publish QoS 1 as ``user`` over MQTT 5 and return the PUBACK reason code."""
     done = threading.Event()
     outcome: dict[str, object] = {}
@@ -86,7 +87,7 @@ def publish_as(broker: Broker, user: str, topic: str) -> object:
     client.connect(broker.host, broker.port)
     client.loop_start()
     try:
-        client.publish(topic, b'{"forged": true}', qos=1)
+        client.publish(topic, payload, qos=1)
         assert done.wait(10), "no PUBACK"
     finally:
         client.disconnect()

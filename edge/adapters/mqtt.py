@@ -19,6 +19,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -31,6 +32,11 @@ from edge.core.config import ConfigError, MqttConfig, resolve_key_file
 log = logging.getLogger(__name__)
 
 MAX_INFLIGHT = 20
+# Bytes of messages the outbox could not store that paho may hold in memory at once. paho's own queue has
+# no bound, and while SQLite fails and the broker is away it would grow with every event; past this the
+# sink holds them (bounded too) until the outbox takes them again. 4 MB: thousands of events, or 40
+# snapshots of the largest size allowed.
+MAX_UNSAVED_BYTES = 4_000_000
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 60
 
@@ -52,6 +58,11 @@ class Topics:
     @property
     def check(self) -> str:
         return f"{self.base}/check"
+
+    @property
+    def feedback(self) -> str:
+        """Where a backend publishes verdicts for this device (the one topic the device subscribes to)."""
+        return f"{self.base}/feedback"
 
     def camera(self, camera_id: str, kind: str) -> str:
         """``events``, ``status`` or ``snapshot`` of one camera."""
@@ -171,11 +182,13 @@ class Publisher:
         outbox: Outbox | None,
         password: str | None,
         max_inflight: int = MAX_INFLIGHT,
+        max_unsaved_bytes: int = MAX_UNSAVED_BYTES,
     ) -> None:
         self.cfg = cfg
         self.topics = Topics(cfg.prefix, device_id)
         self.outbox = outbox
         self.max_inflight = max_inflight
+        self.max_unsaved_bytes = max_unsaved_bytes
         self.connected = threading.Event()
         self.acked = 0
         self.rejected = 0
@@ -186,12 +199,16 @@ class Publisher:
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+        self._inbox: dict[str, Callable[[bytes], None]] = {}  # subscribed topic -> handler
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._state: dict[str, bytes] = {}  # retained state, republished on every connect
         self._rows: dict[int, int] = {}  # paho mid -> outbox row id, for rows handed to paho
         self._others: set[int] = set()  # mids of messages outside the outbox
-        self._unsaved: set[int] = set()  # mids of those among them the outbox could not store (lost if unacked)
+        # mid -> size of those among them the outbox could not store (lost if unacked)
+        self._unsaved: dict[int, int] = {}
         self._early: dict[int, ReasonCode | None] = {}  # acks that arrived before publish() returned
         self._last_sent: int | None = None
         self._dirty = False  # something changed since the drainer last looked (no lost wake-ups)
@@ -258,15 +275,25 @@ class Publisher:
         if self.connected.is_set():
             self._publish(topic, json.dumps(data, separators=(",", ":")).encode(), qos=qos, retain=False)
 
-    def publish_direct(self, topic: str, payload: bytes, qos: int = 1) -> None:
-        """A message kept only in paho's memory: what the outbox could not store (SQLite failed)."""
+    def publish_direct(self, topic: str, payload: bytes, qos: int = 1) -> bool:
+        """A message kept only in paho's memory: what the outbox could not store (SQLite failed).
+
+        False, and nothing queued, when that memory already holds ``max_unsaved_bytes`` or paho refused
+        it: the caller keeps the message until the outbox can store it."""
+        with self._lock:
+            if sum(self._unsaved.values()) + len(payload) > self.max_unsaved_bytes:
+                return False
         info = self._publish(topic, payload, qos=qos, retain=False)
         if info is None:
-            log.error("mqtt: a message for %s that could not be stored could not be queued either; lost", topic)
-            return
+            return False
         with self._lock:
             if info.mid in self._others:
-                self._unsaved.add(info.mid)
+                self._unsaved[info.mid] = len(payload)
+        return True
+
+    def subscribe(self, topic: str, handler: Callable[[bytes], None]) -> None:
+        """Before ``start``: receive ``topic`` (QoS 1, subscribed again on every connect) into ``handler``."""
+        self._inbox[topic] = handler
 
     def notify(self) -> None:
         """A row was added to the outbox."""
@@ -344,7 +371,7 @@ class Publisher:
             if row_id is None:
                 if mid in self._others:
                     self._others.discard(mid)
-                    self._unsaved.discard(mid)
+                    self._unsaved.pop(mid, None)
                 else:
                     self._early[mid] = reason
                 return
@@ -364,9 +391,29 @@ class Publisher:
             state = [(self.topics.status, b"online"), *self._state.items()]
         for topic, payload in state:
             self._publish(topic, payload, qos=1, retain=True)
+        if self._inbox:
+            client.subscribe([(topic, 1) for topic in self._inbox])
         with self._wake:
             self._dirty = True
             self._wake.notify_all()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        handler = self._inbox.get(message.topic)
+        if handler is None:
+            return
+        try:
+            handler(message.payload)
+        except Exception:  # a bad message must never take the network thread (and with it the outbox) down
+            log.exception("mqtt: handling a message on %s failed", message.topic)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode],
+                      properties: Any) -> None:
+        refused = [r for r in reasons if r.is_failure]
+        if refused:  # once per connection, like the connection's own problems
+            log.error("mqtt: the broker refused the subscription to %s (%s); verdicts will not arrive: let the device "
+                      "read its feedback topic in the broker ACL", ", ".join(self._inbox), refused[0])
+        else:
+            log.info("mqtt: subscribed to %s", ", ".join(self._inbox))
 
     def _on_connect_fail(self, client: _Client, userdata: Any) -> None:
         self._problem(describe_connect_error(client.last_error, self.cfg))

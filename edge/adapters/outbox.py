@@ -18,6 +18,12 @@ intact file; when it does not clear, ``OutboxUnavailable`` says so in one line. 
 CRC-32 of its topic and payload, checked before it is handed out: a row whose bytes changed on disk
 is quarantined (kept in its own table, counted, logged), never published.
 
+A WAL that an unclean stop left and that was then deleted or cut short at a frame boundary looks
+intact to SQLite: the messages committed in it are simply gone. A file beside the database
+(``outbox.db-last-id``) holds the highest message id ever committed, written after each commit; at
+open, ids the database has never reached are messages that were stored and are now missing, and the
+log says how many (up to that many events lost: some may have been acknowledged already).
+
 The same database remembers, per open incident, the last message sent about it, in the same
 transaction as that message: a daemon that dies with an incident open (SIGKILL, power cut) finds it
 at its next start and closes it, so a backend never keeps an incident open forever.
@@ -125,7 +131,17 @@ class Outbox:
         self._failing = 0  # consecutive failed puts, so a long outage is one line, and its end another
         self._lock = threading.Lock()
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        existed = self.path.exists()
+        damage = wal_damage(Path(f"{self.path}-wal"))
+        self._set_aside_at: Path | None = None
         self._db = self._open(open_retry_s)
+        self._marker = _LastId(Path(f"{self.path}{LAST_ID_SUFFIX}"))
+        missing = self._missing_since_marker() if existed and self._set_aside_at is None else None
+        if missing:
+            self.lost += missing[1] - missing[0] + 1
+        if damage or missing:
+            log.error("outbox %s: %s", self.path, _wal_loss(damage, missing))
+        self._marker.write(self._highest_id())
         self._rows, self._bytes = self._db.execute(
             "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload) + LENGTH(topic)), 0) FROM messages"
         ).fetchone()
@@ -136,9 +152,6 @@ class Outbox:
 
     def _open(self, retry_s: float) -> sqlite3.Connection:
         """Open the outbox; retry what is not corruption, salvage what is."""
-        damage = wal_damage(Path(f"{self.path}-wal"))
-        if damage:
-            log.error("outbox %s: %s", self.path, damage)
         deadline = time.monotonic() + retry_s
         delay, said = 0.5, False
         while True:
@@ -184,6 +197,7 @@ class Outbox:
         """Move a corrupt outbox aside, copy every readable row into a new one, and say how many."""
         aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
         self.path.rename(aside)
+        self._set_aside_at = aside
         wal = Path(f"{self.path}-wal")
         if wal.exists():
             wal.rename(f"{aside}-wal")  # read together with the file it belongs to
@@ -205,6 +219,16 @@ class Outbox:
         log.error("outbox %s is corrupt (%s): moved it to %s; recovered %d unsent message(s) into a new outbox, "
                   "%s could not be read and are lost", self.path, exc, aside.name, len(rows), lost)
         return db
+
+    def _highest_id(self) -> int:
+        """The highest message id this database ever committed (AUTOINCREMENT never reuses one)."""
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _missing_since_marker(self) -> tuple[int, int] | None:
+        """First and last id of messages the marker says were committed but the database never saw."""
+        recorded, highest = self._marker.read(), self._highest_id()
+        return (highest + 1, recorded) if recorded is not None and recorded > highest else None
 
     def _counter(self, name: str) -> int:
         row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
@@ -266,6 +290,7 @@ class Outbox:
         except BaseException:
             self._rollback()
             raise
+        self._marker.write(int(cursor.lastrowid))  # after the commit: the marker never runs ahead of the data
         self._rows += 1 - dropped[0]
         self._bytes += size - dropped[1]
         self._note_dropped(dropped[0])
@@ -422,6 +447,60 @@ class Outbox:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            self._marker.close()
+
+
+LAST_ID_SUFFIX = "-last-id"
+
+
+class _LastId:
+    """The highest committed message id, 8 bytes rewritten in place after each commit.
+
+    Written after the commit's fsync and not synced itself: after a power cut it may lag behind the
+    database (no alarm), but it is never ahead of what was committed, so a gap means lost WAL frames.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        old_umask = os.umask(0o077)
+        try:
+            self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:  # no inodes: the outbox works without the check
+            log.warning("outbox: cannot keep %s (%s); a lost write-ahead log would go unnoticed", path.name,
+                        exc.strerror)
+            self._fd = None
+        finally:
+            os.umask(old_umask)
+
+    def read(self) -> int | None:
+        data = os.pread(self._fd, 8, 0) if self._fd is not None else b""
+        return int.from_bytes(data, "little") if len(data) == 8 else None
+
+    def write(self, value: int) -> None:
+        if self._fd is None:
+            return
+        try:
+            os.pwrite(self._fd, value.to_bytes(8, "little"), 0)
+        except OSError as exc:  # a full disk: the marker lags, which never raises a false alarm
+            log.debug("outbox: cannot update %s (%s)", self.path.name, exc.strerror)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _wal_loss(damage: str | None, missing: tuple[int, int] | None) -> str:
+    """One line for what an unclean stop's write-ahead log lost: its damage, the missing ids, or both."""
+    if missing is None:
+        assert damage is not None
+        return damage
+    first, last = missing
+    count = last - first + 1
+    ids = f"id {first}" if count == 1 else f"ids {first} to {last}"
+    what = damage or "the write-ahead log left by an unclean stop is missing or was cut short"
+    return (f"{what}; {count} message(s) stored before it ({ids}) are not in the outbox: up to {count} "
+            "event(s) lost (fewer if the broker had acknowledged some)")
 
 
 _WAL_MAGIC = (0x377F0682, 0x377F0683)

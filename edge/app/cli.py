@@ -1,4 +1,4 @@
-"""``rclstm-edge``: run, check, demo, schema, install, uninstall, replay and calibrate.
+"""``rclstm-edge``: run, check, demo, schema, install, uninstall, replay, calibrate and export-clips.
 
 Imports are deferred into the commands so ``rclstm-edge --help`` and a config error answer at once,
 and the daemon's start-up is not paid for by the commands that do not need OpenCV or the runtime.
@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--broker", help="also publish to this broker (mqtt://HOST:PORT)")
 
     schema = sub.add_parser("schema", help="print a JSON Schema")
-    schema.add_argument("name", choices=["event", "camera-status", "stats"])
+    schema.add_argument("name", choices=["event", "camera-status", "stats", "feedback"])
 
     install = sub.add_parser("install", help="provision this device: user, venv, config, credentials, unit")
     install.add_argument("--device-id", required=True,
@@ -103,6 +103,14 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--out", type=Path, default=Path("calibration"), help="folder for calibration.json/.png")
     calibrate.add_argument("--no-plots", action="store_true", help="skip the curve PNG (no matplotlib needed)")
 
+    export = sub.add_parser("export-clips", help="the judged incident clips (and calm ones) as a training dataset")
+    export.add_argument("out", type=Path, metavar="OUT", help="a new (or empty) folder to write the dataset into")
+    export.add_argument("--config", type=Path, help="the daemon's TOML config (its state_dir holds the clips)")
+    export.add_argument("--state-dir", type=Path, help="the daemon's state directory (overrides the config's)")
+    export.add_argument("--normal-label", default="normal", metavar="LABEL",
+                        help="class folder for false alarms and calm clips; confirmed incidents go under the label "
+                             "the model raised (default normal; map it in training with --class-map normal=LABEL)")
+
     uninstall = sub.add_parser("uninstall", help="remove the unit and venv (config and outbox kept unless --purge)")
     uninstall.add_argument("--root", type=Path, default=Path("/"))
     uninstall.add_argument("--purge", action="store_true", help="also remove config, credentials, outbox and user")
@@ -115,12 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     from edge.bundle import BundleError
     from edge.core.config import ConfigError
 
-    if args.command not in ("schema", "uninstall"):
-        # A broken recording or stream gets one line from us; FFmpeg's and OpenCV's own complaints
-        # (thousands of non-logfmt lines) would bury it, in every command that opens a source.
-        from edge.adapters.logs import quiet_native_logs
+    if args.command in ("run", "demo", "check", "replay", "calibrate"):
+        # Every command that opens a source: FFmpeg's and OpenCV's own complaints come through our logger,
+        # in logfmt and rate-limited, instead of thousands of raw lines on stderr (or stdout).
+        from edge.adapters.logs import route_native_logs
 
-        quiet_native_logs()
+        route_native_logs()
     try:
         if args.command == "schema":
             from edge.core.messages import schema_text
@@ -137,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             return _provision(args)
         if args.command in ("replay", "calibrate"):
             return _replay_or_calibrate(args)
+        if args.command == "export-clips":
+            return _export_clips(args)
         return _run(args)
     except ConfigError as exc:
         for problem in exc.problems:
@@ -190,8 +200,10 @@ def _provision(args: argparse.Namespace) -> int:
         if args.root.resolve() != Path("/"):
             print("note     check skipped: the config under --root names paths of the target system")
             return EXIT_OK
+        from edge.adapters.logs import route_native_logs
         from edge.provision.check import run_checks
 
+        route_native_logs()  # only now: the venv and systemctl steps before write their own stderr
         return run_checks(args.root / "etc/rclstm-edge/config.toml")
     return EXIT_OK
 
@@ -206,6 +218,8 @@ def _replay_or_calibrate(args: argparse.Namespace) -> int:
 
     logs.setup("error")
     config = load_config(args.config)
+    for note in config.deprecations:
+        print(f"warning: config: {note}", file=sys.stderr)
     try:
         if args.command == "replay":
             from edge.tools.replay import replay, summary
@@ -235,6 +249,15 @@ def _replay_or_calibrate(args: argparse.Namespace) -> int:
     except (PlotsMissing, ConfigEditError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAIL
+
+
+def _export_clips(args: argparse.Namespace) -> int:
+    from edge.core.config import load_config
+    from edge.tools.export_clips import export_clips
+
+    state_dir = args.state_dir or load_config(args.config).state_dir
+    print(export_clips(state_dir, args.out, args.normal_label).summary())
+    return EXIT_OK
 
 
 def apply_flags(config: Config, args: argparse.Namespace) -> Config:
@@ -272,11 +295,11 @@ def _run(args: argparse.Namespace) -> int:
     config = apply_flags(load_config(args.config), args)
     _missing_file(config, args.source)
     logs.setup(config.log_level)
-    warning = secret_exposure_warning(args.config, config.mqtt)
-    if warning:
-        import logging
+    import logging
 
-        logging.getLogger("edge").warning(warning)
+    for warning in [secret_exposure_warning(args.config, config.mqtt), *config.deprecations]:
+        if warning:
+            logging.getLogger("edge").warning(warning)
     from edge.app.daemon import Daemon
     from edge.sinks import sink_for
 

@@ -17,6 +17,8 @@ from typing import Any
 
 from edge import __version__
 from edge.adapters import systemd
+from edge.adapters.clips import ClipStore
+from edge.adapters.outbox import usable_state_dir
 from edge.adapters.runtime import BundleModel
 from edge.adapters.sources import set_v4l2_select_timeout
 from edge.app.worker import CameraWorker
@@ -38,6 +40,7 @@ class Daemon:
         self.stop_requested = threading.Event()
         self.started_at = time.monotonic()
         self.workers: list[CameraWorker] = []
+        self.clips: ClipStore | None = None
 
     def install_signal_handlers(self) -> None:
         def handler(signum: int, frame: Any) -> None:
@@ -55,11 +58,15 @@ class Daemon:
         if warning := manifest.chance_warning():
             log.warning(warning)
         model = f"{manifest.name} {manifest.version}"
+        if self.config.clips.enabled:
+            self.clips = ClipStore(usable_state_dir(self.config.state_dir), self.config.clips,
+                                   self.config.device_id)
+            self.sink.listen_feedback(self.clips.receive_feedback)
         self.sink.open([c.id for c in self.config.cameras], model)
         try:
             set_v4l2_select_timeout(self.config.cameras)
             pairs = zip(self.config.cameras, models, strict=True)
-            self.workers = [CameraWorker(camera, self.config, m, self.sink) for camera, m in pairs]
+            self.workers = [CameraWorker(camera, self.config, m, self.sink, self.clips) for camera, m in pairs]
             for worker in self.workers:
                 worker.start(self.stop_requested)
             systemd.ready()
@@ -83,6 +90,7 @@ class Daemon:
             events=self.sink.emitted(),
             cameras=cameras,
             **self.sink.delivery(),
+            **(self.clips.stats() if self.clips is not None else {}),
         )
 
     def _supervise(self) -> None:

@@ -12,6 +12,7 @@ import threading
 import time
 from datetime import datetime, timezone
 
+from edge.adapters.clips import ClipStore
 from edge.adapters.runtime import BundleModel
 from edge.adapters.sources import CameraSource
 from edge.core.config import CameraConfig, Config
@@ -19,18 +20,31 @@ from edge.core.messages import CameraStats, CameraStatus
 from edge.core.values import Output, SourceState
 from edge.preprocess import SNAPSHOT_MAX
 from edge.sinks.base import Sink
+from edge.sinks.clips import ClipRecorder
 from edge.stages.pipeline import CameraPipeline
 
 log = logging.getLogger(__name__)
 
 
+def kept_size(config: Config, clips: bool) -> tuple[int, int] | None:
+    """(width, height) a sampled picture must keep beyond the model's input: for snapshots, for clips."""
+    sizes = ([SNAPSHOT_MAX] if config.mqtt.snapshots else []) + ([(config.clips.width, 0)] if clips else [])
+    return (max(w for w, _ in sizes), max(h for _, h in sizes)) if sizes else None
+
+
 class CameraWorker:
-    def __init__(self, camera: CameraConfig, config: Config, model: BundleModel, sink: Sink) -> None:
+    def __init__(self, camera: CameraConfig, config: Config, model: BundleModel, sink: Sink,
+                 clips: ClipStore | None = None) -> None:
         self.camera = camera
         self.sink = sink
-        snapshot_size = SNAPSHOT_MAX if config.mqtt.snapshots else None
-        self.pipeline = CameraPipeline(camera, config.decision_for(camera), model, config.device_id, config.site,
-                                       snapshot_size=snapshot_size)
+        decision, classifier = config.decision_for(camera), config.classifier_for(camera)
+        self.recorder = None if clips is None else ClipRecorder(
+            clips, config.clips, camera.id, config.device_id, config.site, model.manifest, decision, classifier.hop)
+        recorder = self.recorder
+        self.pipeline = CameraPipeline(camera, decision, classifier, model, config.device_id,
+                                       config.site, on_window=recorder.window if recorder else None,
+                                       on_sampled=recorder.sampled if recorder else None,
+                                       keep_size=kept_size(config, clips is not None))
         self.source = CameraSource(camera, on_state=self._source_state)
         self.thread: threading.Thread | None = None
         self.started = time.monotonic()
@@ -72,13 +86,19 @@ class CameraWorker:
             log.exception("camera %s stopped: %s", self.camera.id, self.error)
         finally:
             self._emit(self.pipeline.finish())
+            if self.recorder is not None:
+                self.recorder.close()
 
     def _source_state(self, state: SourceState) -> None:
         if state.reason is not None:
             self._emit(self.pipeline.gap(state.reason))
+            if self.recorder is not None:
+                self.recorder.gap()
         status = CameraStatus(online=state.online, reason=state.text, since=datetime.now(timezone.utc))
         self.sink.camera_state(self.camera.id, status)
 
     def _emit(self, outputs: list[Output]) -> None:
         for output in outputs:
             self.sink.emit(self.camera.id, output)
+            if self.recorder is not None:
+                self.recorder.output(output)

@@ -17,7 +17,16 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
 from edge.core.errors import UsageError
@@ -33,6 +42,8 @@ PASSWORD_ENV = "RCLSTM_MQTT_PASSWORD"
 PASSWORD_CREDENTIAL = "mqtt-password"
 KEY_CREDENTIAL = "mqtt-key"
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# Sampled frames between two classifications (``[classifier] hop``); the converter evaluates on this grid too.
+DEFAULT_HOP = 4
 # V4L2 numbers its devices /dev/video0 to /dev/video255 (the kernel's VIDEO_NUM_DEVICES).
 MAX_DEVICE_INDEX = 255
 # An MQTT topic is at most 65535 bytes. After the prefix come at most 200 more: "/{device_id}/{camera}/
@@ -77,24 +88,15 @@ class ModelConfig(_Section):
 class DecisionConfig(_Section):
     """When a run of anomalous windows becomes an incident, and when it ends.
 
-    ``hop`` is how many newly sampled frames pass between two classifications; with the shipped
-    model's 20-frame window a hop of 4 keeps an alert at most a fifth of a window behind.
-
     The defaults were chosen by replaying the shipped model over an 84 s stream of real CCTV clips
     (three 8 s fight segments spliced into normal footage; `python -m bench --only latency` builds
-    it) and sweeping threshold x start_windows x end_windows x cooldown_s x hop (324 settings):
+    it) and sweeping threshold x start_windows x end_windows x cooldown_s x classifier.hop (324 settings):
     0.7 / 3 / 5 / 5 s / 4 found all three fights 1.8, 0.6 and 3.1 s after they began with the fewest
-    false starts (2; with ``scene_cut`` one of them, at a cut between spliced clips, went away, and
+    false starts (2; with ``classifier.scene_cut`` one of them, at a cut between spliced clips, went away, and
     the other is the model scoring a normal clip high); 0.5 with 2 windows alerted
     faster but raised more false starts and, with a long end, swallowed a fight into an earlier
     false incident; a 10 s cooldown delayed or missed fights that followed an incident. A camera's
     own false-alarm rate is what `rclstm-edge calibrate` tunes the threshold for.
-
-    ``scene_cut`` is the share of the picture that must change between two sampled frames for the
-    change to count as a cut (lights switched, a day/night switch, the camera moved), not as
-    movement: the difference image across it, a bright full frame the model never saw in training,
-    is replaced by "no movement", as for the first frame of a stream, and the window goes on. 1.0
-    turns it off. See ``edge.preprocess.changed_fraction`` for the measurements behind 0.6.
     """
 
     threshold: float = Field(0.7, ge=0.0, le=1.0)
@@ -102,7 +104,25 @@ class DecisionConfig(_Section):
     end_windows: int = Field(5, ge=1, le=1000)
     cooldown_s: float = Field(5.0, ge=0.0, le=86400.0)
     update_interval_s: float = Field(5.0, gt=0.0, le=86400.0)
-    hop: int = Field(4, ge=1, le=256)
+
+
+class ClassifierConfig(_Section):
+    """How often a camera's windows are classified and what the classifier reads as a scene cut.
+
+    ``hop`` is how many newly sampled frames pass between two classifications; with the shipped
+    model's 20-frame window a hop of 4 keeps an alert at most a fifth of a window behind (the
+    converter evaluates interval-sampled clips on the same grid, so it reads ``DEFAULT_HOP``).
+
+    ``scene_cut`` is the share of the picture that must change between two sampled frames for the
+    change to count as a cut (lights switched, a day/night switch, the camera moved), not as
+    movement: the difference image across it, a bright full frame the model never saw in training,
+    is replaced by "no movement", as for the first frame of a stream, and the window goes on. 1.0
+    turns it off. See ``edge.preprocess.changed_fraction`` for the measurements behind 0.6.
+
+    Both sat under ``[decision]`` before; ``migrate_classifier_keys`` still reads them there.
+    """
+
+    hop: int = Field(DEFAULT_HOP, ge=1, le=256)
     scene_cut: float = Field(0.6, gt=0.0, le=1.0)
 
 
@@ -111,13 +131,19 @@ def _optional(field: FieldInfo) -> tuple[Any, FieldInfo]:
     return field.annotation | None, FieldInfo.merge_field_infos(field, default=None)
 
 
-# Generated from DecisionConfig so a camera's overrides have the same keys and bounds by definition.
-DecisionOverrides = create_model(
-    "DecisionOverrides",
-    __base__=_Section,
-    __doc__="Per-camera changes to the device-wide decision settings; unset keys inherit them.",
-    **{name: _optional(field) for name, field in DecisionConfig.model_fields.items()},  # type: ignore[call-overload]
-)
+def _overrides(section: type[_Section], name: str) -> type[_Section]:
+    """A camera's overrides of a device-wide section, generated from it so the keys and bounds are the
+    same by definition; unset keys inherit the device-wide value."""
+    return create_model(  # type: ignore[call-overload, no-any-return]
+        name,
+        __base__=_Section,
+        __doc__=f"Per-camera changes to the device-wide {section.__name__} settings; unset keys inherit them.",
+        **{key: _optional(field) for key, field in section.model_fields.items()},
+    )
+
+
+DecisionOverrides = _overrides(DecisionConfig, "DecisionOverrides")
+ClassifierOverrides = _overrides(ClassifierConfig, "ClassifierOverrides")
 
 
 SourceKind = Literal["auto", "v4l2", "rtsp", "mjpeg", "file"]
@@ -135,6 +161,7 @@ class CameraConfig(_Section):
     # FFmpeg decoder threads for this camera; unset: 1 up to 720p, 2 above (docs/performance.md says why).
     decoder_threads: int | None = Field(None, ge=1, le=16)
     decision: DecisionOverrides = Field(default_factory=DecisionOverrides)  # type: ignore[valid-type]
+    classifier: ClassifierOverrides = Field(default_factory=ClassifierOverrides)  # type: ignore[valid-type]
 
     @field_validator("source", mode="before")
     @classmethod
@@ -229,6 +256,30 @@ class OutboxConfig(_Section):
     open_retry_s: float = Field(60.0, ge=0.0, le=3600.0)
 
 
+class ClipsConfig(_Section):
+    """Incident clips kept on the device for retraining (off by default: they are video of people).
+
+    Each incident keeps the sampled frames from ``pre_s`` before its start to its end (at most
+    ``max_s``), ``width`` pixels wide, as a small video in ``state_dir/clips``; a camera that stayed
+    below its threshold for ``calm_s`` gives a calm clip at most every ``calm_every_s`` as a
+    negative example (0 turns calm clips off). The folder is kept under ``max_bytes`` and clips
+    older than ``max_age_days`` are deleted, oldest first. The defaults keep a clip of a typical
+    incident (15-30 s at the model's 10-15 frames per second, about 100 kB per 10 s at 256 pixels)
+    for a month within 200 MB of an SD card.
+    """
+
+    enabled: bool = False
+    pre_s: float = Field(5.0, ge=0.0, le=60.0)
+    max_s: float = Field(60.0, gt=0.0, le=600.0)
+    width: int = Field(256, ge=32, le=1280)
+    calm_s: float = Field(10.0, gt=0.0, le=600.0)
+    calm_every_s: float = Field(21600.0, ge=0.0, le=30 * 86400.0)
+    max_bytes: int = Field(200_000_000, ge=100_000, le=100_000_000_000)
+    max_age_days: float = Field(30.0, gt=0.0, le=3650.0)
+    # No clip starts with less than this free on the disk: the outbox must still find room for events.
+    min_free_bytes: int = Field(50_000_000, ge=0, le=100_000_000_000)
+
+
 class Config(_Section):
     device_id: str = Field(default_factory=lambda: _default_device_id(), pattern=ID_PATTERN)
     site: str = Field("default", min_length=1, max_length=100)
@@ -238,6 +289,8 @@ class Config(_Section):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     decision: DecisionConfig = Field(default_factory=DecisionConfig)
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    clips: ClipsConfig = Field(default_factory=ClipsConfig)
     cameras: list[CameraConfig] = Field(default_factory=lambda: [CameraConfig(id="cam0", source=0)], min_length=1)
 
     @model_validator(mode="after")
@@ -248,10 +301,20 @@ class Config(_Section):
             raise ValueError(f"camera ids must be unique; repeated: {', '.join(duplicates)}")
         return self
 
+    # Lines saying which keys were read from a deprecated place (see migrate_classifier_keys).
+    _deprecations: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def deprecations(self) -> list[str]:
+        return list(self._deprecations)
+
     def decision_for(self, camera: CameraConfig) -> DecisionConfig:
         """The device-wide decision settings with the camera's overrides applied."""
-        changes = camera.decision.model_dump(exclude_none=True)
-        return self.decision.model_copy(update=changes)
+        return self.decision.model_copy(update=camera.decision.model_dump(exclude_none=True))
+
+    def classifier_for(self, camera: CameraConfig) -> ClassifierConfig:
+        """The device-wide classifier settings with the camera's overrides applied."""
+        return self.classifier.model_copy(update=camera.classifier.model_dump(exclude_none=True))
 
 
 def _default_device_id() -> str:
@@ -310,15 +373,60 @@ def override(config: Config, changes: dict[str, Any]) -> Config:
     data: dict[str, Any] = config.model_dump(exclude_unset=True)
     for dotted, value in changes.items():
         _set_dotted(data, dotted, value)
-    return validate_config(data)
+    result = validate_config(data)
+    result._deprecations[:0] = config.deprecations  # the file's own notes still apply
+    return result
 
 
 def validate_config(data: dict[str, Any]) -> Config:
     """Validate parsed settings, turning pydantic's report into one line per problem."""
+    data, notes, problems = migrate_classifier_keys(data)
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_errors(exc)) from None
+        raise ConfigError(problems + format_errors(exc)) from None
+    if problems:
+        raise ConfigError(problems)
+    config._deprecations.extend(notes)
+    return config
+
+
+CLASSIFIER_KEYS = tuple(ClassifierConfig.model_fields)
+
+
+def migrate_classifier_keys(data: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
+    """``hop`` and ``scene_cut`` moved from ``[decision]`` to ``[classifier]`` (and from a camera's
+    ``[cameras.decision]`` to ``[cameras.classifier]``): installed configs keep working, read from the old
+    place with one deprecation line per key; a key set in both places is an error, as neither can win
+    silently. Returns a migrated copy, the deprecation lines and the problems."""
+    notes: list[str] = []
+    problems: list[str] = []
+    out = dict(data)
+
+    def move(section: dict[str, Any], where: str) -> dict[str, Any]:
+        old, new = section.get("decision"), section.get("classifier", {})
+        if not isinstance(old, dict) or not isinstance(new, dict):
+            return section  # not tables: validation reports them
+        moved = {key: old[key] for key in CLASSIFIER_KEYS if key in old}
+        if not moved:
+            return section
+        section = dict(section)
+        section["decision"] = {key: value for key, value in old.items() if key not in moved}
+        section["classifier"] = {**new, **moved}
+        for key, value in moved.items():
+            if key in new:
+                problems.append(f"{where}decision.{key} and {where}classifier.{key} are both set; "
+                                f"keep {where}classifier.{key} only")
+            else:
+                notes.append(f"{where}decision.{key} = {_shown(value)} is deprecated there; move it to "
+                             f"{where}classifier.{key} ([{'cameras.' if where else ''}classifier] table)")
+        return section
+
+    out = move(out, "")
+    cameras = out.get("cameras")
+    if isinstance(cameras, list):
+        out["cameras"] = [move(c, f"cameras.{i}.") if isinstance(c, dict) else c for i, c in enumerate(cameras)]
+    return out, notes, problems
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -1,4 +1,5 @@
-"""The messages the device sends: incident events, a camera's retained status and the device's stats.
+"""The messages the device sends (incident events, a camera's retained status, the device's stats) and
+the one it receives (a backend's verdict on an incident).
 
 They are pydantic models so the JSON Schemas a backend validates against (``rclstm-edge schema
 event`` / ``camera-status`` / ``stats``, committed under docs/schemas/ and checked against these
@@ -83,6 +84,28 @@ class Event(_Message):
     model: ModelRef
 
 
+Verdict = Literal["false_alarm", "confirmed"]
+
+
+class Feedback(_Message):
+    """On {prefix}/{device}/feedback, published by a backend: a person's verdict on one incident.
+
+    The device keeps it beside the incident's clip, so `rclstm-edge export-clips` can label the clip.
+    ``device_id`` is required although the topic names the device: a backend that routes a verdict
+    to the wrong device is told so in the device's log instead of mislabelling a stranger's clip.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="rclstm-edge feedback")
+
+    schema_version: Literal[1]
+    event_id: uuid.UUID = Field(description="The incident's event_id, as in its events.")
+    device_id: str = Field(description="The device that raised the incident; must be the receiving device.")
+    verdict: Verdict = Field(description="'false_alarm': nothing happened; 'confirmed': the incident was real.")
+    judged_at: UtcDatetime | None = Field(None, description="When the person judged it (UTC).")
+    judged_by: str | None = Field(None, max_length=100, description="Who judged it (an operator id, no names needed).")
+    note: str | None = Field(None, max_length=500)
+
+
 class CameraStatus(_Message):
     """Retained on {prefix}/{device}/{camera}/status: whether frames are arriving, and since when."""
 
@@ -146,6 +169,13 @@ class Stats(_Message):
     recovered: int | None = Field(None, ge=0, description="Messages salvaged from a corrupt outbox at start.")
     quarantined: int | None = Field(None, ge=0,
                                     description="Stored messages whose checksum failed: kept aside, never published.")
+    clips: int | None = Field(None, ge=0, description="Clips kept on the device (null when clips are off).")
+    clips_bytes: int | None = Field(None, ge=0)
+    clips_errors: int | None = Field(None, ge=0, description="Clips not kept because the disk failed or was full.")
+    feedback_accepted: int | None = Field(None, ge=0, description="Verdicts recorded beside a clip.")
+    feedback_refused: int | None = Field(None, ge=0,
+                                         description="Verdicts refused: not JSON, not the schema, another device's, "
+                                                     "or an incident with no clip here.")
 
 
 def message_json(message: BaseModel) -> bytes:
@@ -153,7 +183,8 @@ def message_json(message: BaseModel) -> bytes:
     return message.model_dump_json().encode("utf-8")
 
 
-SCHEMA_MODELS: dict[str, type[BaseModel]] = {"event": Event, "camera-status": CameraStatus, "stats": Stats}
+SCHEMA_MODELS: dict[str, type[BaseModel]] = {"event": Event, "camera-status": CameraStatus, "stats": Stats,
+                                             "feedback": Feedback}
 
 
 def schema(name: str) -> dict[str, Any]:

@@ -7,11 +7,9 @@ frame the first camera really delivered, through the same preprocessing as the d
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,24 +23,12 @@ def _line(ok: bool, item: str, reason: str) -> bool:
     return ok
 
 
-@contextlib.contextmanager
-def _native_stderr_quiet() -> Iterator[None]:
-    """OpenCV and FFmpeg print their own lines ("[tcp @ 0x...] ...", "[ WARN:0@0.02] global cap.cpp ...")
-    straight to file descriptor 2; check's output is its PASS/FAIL lines, each with the reason."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def run_checks(path: Path) -> int:
+    """Every item's PASS/FAIL line on stdout. Logs go through the logger at error only: OpenCV's and FFmpeg's
+    warnings about a camera ("[tcp @ 0x...] Connection refused") repeat what its FAIL line says."""
+    from edge.adapters import logs
+
+    logs.setup("error")
     try:
         config = load_config(path)
     except ConfigError as exc:
@@ -50,9 +36,9 @@ def run_checks(path: Path) -> int:
             _line(False, "config", problem)
         return EXIT_USAGE
     results = [_line(True, "config", f"{path} is valid ({len(config.cameras)} camera(s))")]
-    warning = secret_exposure_warning(path, config.mqtt)
-    if warning:
-        print(f"WARN config: {warning}", flush=True)
+    for warning in [secret_exposure_warning(path, config.mqtt), *config.deprecations]:
+        if warning:
+            print(f"WARN config: {warning}", flush=True)
     if "site" not in config.model_fields_set:
         print('WARN config: site is not set, so every event says site "default"; set site = "STORE" '
               "(install --site sets it)", flush=True)
@@ -61,13 +47,14 @@ def run_checks(path: Path) -> int:
     set_v4l2_select_timeout(config.cameras)
     frame = None
     for camera in config.cameras:
-        with _native_stderr_quiet():
-            ok, reason, image = _check_camera(camera)
+        ok, reason, image = _check_camera(camera)
         results.append(_line(ok, f"camera {camera.id}", reason))
         frame = image if frame is None else frame
     results.append(_line(*_check_model(config, frame)))
     results.append(_line(*_check_broker(config)))
     results.append(_line(*_check_state_dir(config)))
+    if config.clips.enabled:
+        results.append(_line(*_check_clips(config)))
     return EXIT_OK if all(results) else EXIT_FAIL
 
 
@@ -141,6 +128,28 @@ def _check_state_dir(config: Config) -> tuple[bool, str, str]:
     depth = box.depth()
     box.close()
     return True, item, f"outbox {directory / OUTBOX_NAME} opens ({depth} message(s) waiting)"
+
+
+def _check_clips(config: Config) -> tuple[bool, str, str]:
+    """Room for clips where the daemon keeps them; reads only (check may run as root, the daemon does not)."""
+    import shutil
+
+    from edge.adapters.clips import CLIPS_DIR, list_clips
+
+    item, cfg = "clips", config.clips
+    problem = _unwritable(config.state_dir)
+    if problem:
+        return False, item, problem
+    free = shutil.disk_usage(config.state_dir).free
+    if free < cfg.min_free_bytes:
+        return False, item, (f"{free // 1_000_000} MB free in {config.state_dir}, under clips.min_free_bytes "
+                             f"({cfg.min_free_bytes // 1_000_000} MB): no clip will be kept; free space or lower it")
+    root = config.state_dir / CLIPS_DIR
+    kept = list_clips(root) if root.is_dir() else []
+    judged = sum(1 for record, _ in kept if record.verdict is not None)
+    verdicts = "" if config.mqtt.url else "; no broker, so no verdicts arrive"
+    return True, item, (f"{root}: {len(kept)} clip(s), {judged} judged, {free // 1_000_000} MB free "
+                        f"(at most {cfg.max_bytes // 1_000_000} MB, {cfg.max_age_days:g} days){verdicts}")
 
 
 def _unwritable(directory: Path) -> str | None:

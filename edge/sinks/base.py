@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import TypedDict
 
 from edge.core.messages import CameraStatus, Event, Stats
@@ -32,6 +33,10 @@ class Delivery(TypedDict, total=False):
     quarantined: int
 
 
+# Takes one received verdict payload (raw bytes: checking it is the receiver's job).
+FeedbackHandler = Callable[[bytes], None]
+
+
 class Sink:
     """Where a camera's outputs go; every hook but ``deliver`` does nothing unless a sink needs it."""
 
@@ -40,6 +45,9 @@ class Sink:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._emitted = 0
+
+    def listen_feedback(self, handler: FeedbackHandler) -> None:
+        """Before ``open``: hand the backend's verdicts to ``handler`` (only a broker can deliver any)."""
 
     def open(self, camera_ids: list[str], model: str) -> None:
         """Before the first camera starts (``model`` is the bundle's name and version)."""
@@ -94,6 +102,10 @@ class FanOut(Sink):
     def deliver(self, camera_id: str, output: Output) -> None:
         for sink in self.sinks:
             sink.deliver(camera_id, output)
+
+    def listen_feedback(self, handler: FeedbackHandler) -> None:
+        for sink in self.sinks:
+            sink.listen_feedback(handler)
 
     def camera_state(self, camera_id: str, status: CameraStatus) -> None:
         for sink in self.sinks:

@@ -1,7 +1,10 @@
 """The durable sink: every event into the on-disk outbox, then to the broker; retained state and stats.
 
 Events are stored before they are logged or sent, so an event that appears in the log is on disk;
-when SQLite fails the event still goes out through paho's memory (counted by the outbox). Opening
+when SQLite fails the event still goes out through paho's memory (counted by the outbox), up to
+``MAX_UNSAVED_BYTES``; past that it waits in a bounded queue of its own (``MAX_HELD_BYTES``) and is
+stored, oldest first, as soon as the outbox takes writes again, so a long outage of both disk and
+broker costs bounded memory and loses only what overflows that queue, counted and said. Opening
 the sink closes the incidents a previous run died with (SIGKILL, power cut, watchdog) before any
 new one starts, and sets the retained state a consumer sees first: no open incident, and the
 opt-in Home Assistant discovery.
@@ -10,6 +13,8 @@ opt-in Home Assistant discovery.
 from __future__ import annotations
 
 import logging
+import threading
+from collections import deque
 
 from edge.adapters.discovery import ANOMALY_OFF, ANOMALY_ON, discovery_configs
 from edge.adapters.mqtt import Publisher, Topics
@@ -17,10 +22,12 @@ from edge.adapters.outbox import OUTBOX_NAME, IncidentMark, Outbox, usable_state
 from edge.core.config import Config, resolve_password
 from edge.core.messages import CameraStatus, Event, Stats, message_json
 from edge.core.values import Output
-from edge.sinks.base import Delivery, Sink
+from edge.sinks.base import Delivery, FeedbackHandler, Sink
 from edge.stages.events import interrupted_end
 
 log = logging.getLogger(__name__)
+
+MAX_HELD_BYTES = 4_000_000  # messages neither the outbox nor paho's bounded memory could take
 
 
 class MqttSink(Sink):
@@ -31,12 +38,23 @@ class MqttSink(Sink):
         self.description = f"{config.mqtt.host}:{config.mqtt.port}"
         self.outbox: Outbox | None = None
         self.publisher: Publisher | None = None
+        self.max_held_bytes = MAX_HELD_BYTES
+        self._held: deque[tuple[str, bytes, IncidentMark | None]] = deque()
+        self._held_bytes = 0
+        self.lost = 0  # held messages dropped because the queue overflowed
+        self._held_lock = threading.Lock()  # every camera thread queues messages
+        self._feedback: FeedbackHandler | None = None
+
+    def listen_feedback(self, handler: FeedbackHandler) -> None:
+        self._feedback = handler
 
     def open(self, camera_ids: list[str], model: str) -> None:
         cfg, box = self.config.mqtt, self.config.outbox
         self.outbox = Outbox(usable_state_dir(self.config.state_dir) / OUTBOX_NAME, box.max_rows, box.max_bytes,
                              box.open_retry_s)
         self.publisher = Publisher(cfg, self.config.device_id, self.outbox, resolve_password(cfg))
+        if self._feedback is not None:
+            self.publisher.subscribe(self.topics.feedback, self._feedback)
         self.publisher.start()
         self._close_interrupted(self.outbox, self.publisher)
         if cfg.homeassistant:
@@ -61,6 +79,7 @@ class MqttSink(Sink):
         self._publisher().publish_json(self.topics.stats, stats.model_dump(mode="json"))
 
     def delivery(self) -> Delivery:
+        self._store_held()  # no new event may come for a while; the stats tick stores what waits
         box, publisher = self._outbox(), self._publisher()
         return Delivery(outbox_depth=box.depth(), outbox_bytes=box.size(), dropped=box.dropped,
                         outbox_errors=box.errors, acked=publisher.acked, rejected=publisher.rejected,
@@ -68,8 +87,9 @@ class MqttSink(Sink):
 
     def close(self, flush_timeout_s: float) -> None:
         box, publisher = self._outbox(), self._publisher()
+        self._store_held()
         if not publisher.flush(flush_timeout_s):
-            kept, lost = box.depth(), publisher.unsaved()
+            kept, lost = box.depth(), publisher.unsaved() + len(self._held) + self.lost
             if lost:
                 log.error("outbox not empty after %.0f s: %d message(s) kept on disk for the next start; %d message(s) "
                           "that could not be written to disk (see the outbox errors above) were not acknowledged "
@@ -89,10 +109,50 @@ class MqttSink(Sink):
         return self.publisher
 
     def _queue(self, topic: str, payload: bytes, mark: IncidentMark | None = None) -> None:
-        """Through the outbox; straight to paho if SQLite failed (counted there)."""
-        if self._outbox().put(topic, payload, incident=mark) is None:
-            self._publisher().publish_direct(topic, payload)
-        else:
+        """Through the outbox; straight to paho if SQLite failed (counted there); held if paho's share of
+        memory is full too."""
+        with self._held_lock:
+            self._store_held_locked()
+            if self._held or self._outbox().put(topic, payload, incident=mark) is None:
+                if self._held or not self._publisher().publish_direct(topic, payload):
+                    self._hold(topic, payload, mark)
+                return
+        self._publisher().notify()
+
+    def held(self) -> int:
+        """Messages waiting in memory for the outbox to take writes again."""
+        with self._held_lock:
+            return len(self._held)
+
+    def _hold(self, topic: str, payload: bytes, mark: IncidentMark | None) -> None:
+        if not self._held:
+            log.error("outbox and MQTT memory both full: holding messages in memory (up to %d bytes) until the "
+                      "outbox can store them", self.max_held_bytes)
+        self._held.append((topic, payload, mark))
+        self._held_bytes += len(payload)
+        while self._held_bytes > self.max_held_bytes and len(self._held) > 1:
+            _, dropped, _ = self._held.popleft()
+            self._held_bytes -= len(dropped)
+            self.lost += 1
+            log.log(logging.ERROR if self.lost == 1 else logging.DEBUG,
+                    "outbox: memory queue full; the oldest held message is lost (%d lost so far)", self.lost)
+
+    def _store_held(self) -> None:
+        with self._held_lock:
+            self._store_held_locked()
+
+    def _store_held_locked(self) -> None:
+        """Held messages into the outbox, oldest first, while it takes them."""
+        stored = 0
+        while self._held:
+            topic, payload, mark = self._held[0]
+            if self._outbox().put(topic, payload, incident=mark) is None:
+                break
+            self._held.popleft()
+            self._held_bytes -= len(payload)
+            stored += 1
+        if stored:
+            log.warning("outbox: stored %d held message(s); %d still held", stored, len(self._held))
             self._publisher().notify()
 
     def _anomaly(self, camera_id: str, state: str) -> None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge.core.config import CameraConfig, DecisionConfig
+from edge.core.config import CameraConfig, ClassifierConfig, DecisionConfig
 from edge.core.messages import ChainStats, EndReason
 from edge.core.values import Frame, OfflineReason, Output, Prediction, Transition
 from edge.preprocess import bound_frame, decode_jpeg
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 # Sees every classified window after the decision took it in (replay and calibration need the scores
 # between transitions too, and the decider's state that window left behind).
 WindowHook = Callable[[Prediction], None]
+# Sees every sampled frame before it is classified (incident clips keep what the model saw).
+SampleHook = Callable[[Frame], None]
 
 log = logging.getLogger(__name__)
 
@@ -47,24 +49,27 @@ class CameraPipeline:
         self,
         camera: CameraConfig,
         decision: DecisionConfig,
+        classifier: ClassifierConfig,
         model: BundleModel,
         device_id: str,
         site: str,
         on_window: WindowHook | None = None,
-        snapshot_size: tuple[int, int] | None = None,
+        on_sampled: SampleHook | None = None,
+        keep_size: tuple[int, int] | None = None,
     ) -> None:
-        """``snapshot_size`` (width, height) is what a kept frame must keep for snapshots when an MJPEG
-        camera's JPEGs are decoded at reduced size; None: the model's input size is enough."""
+        """``keep_size`` (width, height) is what a sampled picture must keep (for snapshots, clips) when an
+        MJPEG camera's JPEGs are decoded at reduced size; None: the model's input size is enough."""
         self.camera = camera
         self.model = model
         self.device_id = device_id
         self.site = site
         self.on_window = on_window
+        self.on_sampled = on_sampled
         spec = model.manifest.input
-        self._decode_size = (max(spec.width, snapshot_size[0]), max(spec.height, snapshot_size[1])) \
-            if snapshot_size else (spec.width, spec.height)
+        self._decode_size = (max(spec.width, keep_size[0]), max(spec.height, keep_size[1])) \
+            if keep_size else (spec.width, spec.height)
         self.sampler = Sampler(model.manifest.sampling.frame_interval_s)
-        self.classifier = StreamClassifier(model, decision.hop, decision.scene_cut)
+        self.classifier = StreamClassifier(model, classifier.hop, classifier.scene_cut)
         self.decider = Decider(decision)
         self.frames_in = 0
         self.events = 0
@@ -84,6 +89,8 @@ class CameraPipeline:
         if sampled.image is None and sampled.encoded is not None:  # an MJPEG camera's JPEG, decoded once taken
             sampled = self._bounded(replace(sampled, image=decode_jpeg(sampled.encoded, *self._decode_size),
                                             encoded=None))
+        if self.on_sampled is not None and sampled.image is not None:  # none: undecodable, the classifier counts it
+            self.on_sampled(sampled)
         prediction = self.classifier.push(sampled)
         if prediction is None:
             return []

@@ -133,8 +133,8 @@ def replay(
     events_path = out_dir / EVENTS_NAME
     with events_path.open("wb") as events:
         try:
-            result = scan(camera, decision, model, config.device_id, config.site, sink=EventsFile(events),
-                          on_frame=annotator)
+            result = scan(camera, decision, config.classifier_for(camera), model, config.device_id, config.site,
+                          sink=EventsFile(events), on_frame=annotator)
         finally:
             annotator.close()
     timeline = None
@@ -155,7 +155,7 @@ def summary(result: Replay) -> str:
         f"replay {scan_.video.name}: {scan_.frames} frames, {scan_.duration_s:.1f} s, "
         f"{len(scan_.windows)} windows, model {result.model}",
         f"decision: threshold {d.threshold:g}, start_windows {d.start_windows}, end_windows {d.end_windows}, "
-        f"cooldown {d.cooldown_s:g} s, hop {d.hop}",
+        f"cooldown {d.cooldown_s:g} s, hop {scan_.classifier.hop}",
     ]
     incidents = scan_.incidents
     if incidents:

@@ -19,7 +19,7 @@ import cv2
 
 from edge.adapters.runtime import BundleModel
 from edge.adapters.sources import DEFAULT_FPS, CameraSource, SourceError, open_capture
-from edge.core.config import CameraConfig, Config, ConfigError, DecisionConfig
+from edge.core.config import CameraConfig, ClassifierConfig, Config, ConfigError, DecisionConfig
 from edge.core.errors import UsageError
 from edge.core.messages import Event
 from edge.core.values import Frame, Output, Phase, Prediction, SourceState, Transition
@@ -80,6 +80,7 @@ class Scan:
 
     video: Path
     decision: DecisionConfig
+    classifier: ClassifierConfig
     frames: int = 0
     first: Frame | None = None
     last_ts: float = 0.0
@@ -135,6 +136,7 @@ def file_camera(camera: CameraConfig, video: Path) -> CameraConfig:
 def scan(
     camera: CameraConfig,
     decision: DecisionConfig,
+    classifier: ClassifierConfig,
     model: BundleModel,
     device_id: str,
     site: str,
@@ -143,7 +145,7 @@ def scan(
     on_frame: FrameHook | None = None,
 ) -> Scan:
     """Run the daemon's chain over a file camera (see ``file_camera``) once; raises ReplayError."""
-    result = Scan(video=Path(str(camera.source)), decision=decision)
+    result = Scan(video=Path(str(camera.source)), decision=decision, classifier=classifier)
     stop = threading.Event()
     failures: list[str] = []
 
@@ -165,7 +167,7 @@ def scan(
             failures.append(change.text)
             stop.set()  # a file that cannot be read would otherwise be retried forever
 
-    pipeline = CameraPipeline(camera, decision, model, device_id, site, on_window=window)
+    pipeline = CameraPipeline(camera, decision, classifier, model, device_id, site, on_window=window)
     source = CameraSource(camera, on_state=state)
     # Only a frame hook (replay's annotated video) needs the frames the sampler does not take.
     for frame in source.frames(stop, pipeline.sampler.could_take if on_frame is None else None):

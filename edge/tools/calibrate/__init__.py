@@ -9,8 +9,8 @@ The recordings are that camera's ordinary days, with no incident in them: every 
 decision logic opens on them is a false alarm, and false alarms per day = incidents / recorded
 hours * 24. Each recording goes once through the daemon's own chain (``edge.tools.scan.scan``, with the
 camera's settings, hop included); the sweep then replays only the ``Decider`` over the cached window
-scores for every threshold and ``start_windows`` in 1..4 (end_windows, cooldown and hop stay as
-configured: changing hop would need the model again).
+scores for every threshold and ``start_windows`` in 1..4 (end_windows, cooldown and classifier.hop
+stay as configured: changing hop would need the model again).
 
 For each ``start_windows`` the threshold chosen is the lowest one from which every higher threshold
 also meets the target (a threshold that passes only because a cooldown happened to merge two false

@@ -83,10 +83,10 @@ def calibrate(
     for path in [*recordings, *(p for p, _ in labelled_paths)]:
         probe(file_camera(camera, path))  # an unreadable recording fails before any inference
     model = BundleModel.configured(config.model, model_spec)
-    decision = config.decision_for(camera)
+    decision, classifier = config.decision_for(camera), config.classifier_for(camera)
 
     def score(path: Path) -> Recording:
-        result = scan(file_camera(camera, path), decision, model, config.device_id, config.site)
+        result = scan(file_camera(camera, path), decision, classifier, model, config.device_id, config.site)
         if progress is not None:
             top = max((w.score for w in result.windows), default=0.0)
             progress(f"scored {path}: {result.duration_s:.1f} s, {len(result.windows)} windows, max score {top:.4g}")

@@ -1,7 +1,7 @@
 """The sweep: every threshold and start_windows over cached window scores, and the choice among them.
 
 It replays only the ``Decider`` over the scores each recording gave once (end_windows, cooldown and
-hop stay as configured: changing hop would need the model again); see ``edge.tools.calibrate``
+classifier.hop stay as configured: changing hop would need the model again); see ``edge.tools.calibrate``
 for what is chosen and why.
 """
 
