@@ -1,4 +1,4 @@
-"""`rclstm-convert`: synth, train, evaluate, crosseval, convert, inspect.
+"""`rclstm-convert`: synth, train, evaluate, crosseval, rescore, convert, inspect.
 
 TensorFlow is imported only inside the subcommands that need it, so `--help`, `synth` and `inspect`
 start in a fraction of a second. Bad input is one line on stderr and exit status 2; a conversion
@@ -162,6 +162,10 @@ def _parser() -> argparse.ArgumentParser:
     crosseval.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES,
                            help=f"group-bootstrap resamples for the 95 %% intervals (default {DEFAULT_RESAMPLES})")
     crosseval.add_argument("--no-plots", action="store_true", help="skip the PNGs (default: write them)")
+    rescore = sub.add_parser(
+        "rescore", help="re-derive a crosseval results.json's event level and decision sweep from its recorded "
+                        "window scores under the current rules (no model is run)")
+    rescore.add_argument("results", type=Path, help="the results.json `crosseval --out` wrote")
 
     evaluate = sub.add_parser("evaluate", help="metrics for a .keras model or a bundle directory")
     evaluate.add_argument("model", type=Path)
@@ -245,7 +249,21 @@ def _run(args: argparse.Namespace) -> int:
             protocols=args.protocols, resamples=args.bootstrap, plots=not args.no_plots, argv=sys.argv[1:],
         ))
         print(summary_table(results))
+        if "decision_sweep" in results:
+            from converter.decision_sweep import sweep_table
+
+            print(sweep_table(results["decision_sweep"]))
         print(f"wrote {args.out}")
+        return 0
+    if args.command == "rescore":
+        from converter.crosseval import rescore, summary_table
+        from converter.decision_sweep import sweep_table
+
+        results = rescore(args.results)
+        print(summary_table(results))
+        if "decision_sweep" in results:
+            print(sweep_table(results["decision_sweep"]))
+        print(f"rewrote {args.results}")
         return 0
     from converter.convert import ConvertOptions, convert
 
@@ -274,6 +292,8 @@ def _check_inputs(args: argparse.Namespace) -> None:
         check_fine_tune(_sources(args.data), args.site, args.init_from)
     elif args.command == "evaluate":
         _sources(args.data)
+    if args.command == "rescore" and not args.results.is_file():
+        raise DataError(f"{args.results}: not found; pass the results.json `crosseval --out` wrote")
     if args.command in ("evaluate", "convert") and not args.model.exists():
         raise DataError(f"{args.model}: model file not found; pass a .keras/.h5 file or a bundle directory")
     for flag in ("calibration", "data", "run"):

@@ -51,6 +51,7 @@ from edge.bundle import (
     Manifest,
     Metrics,
     Quantization,
+    RecommendedDecision,
     RuntimeCheck,
     Sampling,
     SignatureSpec,
@@ -60,7 +61,7 @@ from edge.bundle import (
     sha256_file,
     write_manifest,
 )
-from edge.preprocess import PREPROCESS_VERSION, REPRESENTATIONS, Representation, channels_for
+from edge.preprocess import PREPROCESS_VERSION, REPRESENTATIONS, Representation, channels_for, input_shape
 from edge.verify import time_model
 
 FLOAT_TOLERANCE = 1e-5
@@ -150,7 +151,7 @@ def _flex_ops(message: str) -> list[str]:
     return sorted(ops)
 
 
-def _export(twins: Any, frames: int, size: int, channels: int, workdir: Path) -> list[str]:
+def _export(twins: Any, frames: int, frame_shape: tuple[int, ...], workdir: Path) -> list[str]:
     """A SavedModel with one endpoint per signature; returns the signature keys."""
     import keras
     import tensorflow as tf
@@ -162,7 +163,7 @@ def _export(twins: Any, frames: int, size: int, channels: int, workdir: Path) ->
         archive.track(cls)
         width = int(enc.output_shape[-1])
         archive.add_endpoint("encode", lambda x: {"features": enc(x)},
-                             input_signature=[tf.TensorSpec((1, size, size, channels), tf.float32, name="frame")])
+                             input_signature=[tf.TensorSpec((1, *frame_shape), tf.float32, name="frame")])
         archive.add_endpoint("classify", lambda x: {"probs": cls(x)},
                              input_signature=[tf.TensorSpec((1, frames, width), tf.float32, name="features")])
         keys = ["encode", "classify"]
@@ -170,7 +171,7 @@ def _export(twins: Any, frames: int, size: int, channels: int, workdir: Path) ->
         win = twins.window
         archive.track(win)
         archive.add_endpoint("window", lambda x: {"probs": win(x)},
-                             input_signature=[tf.TensorSpec((1, frames, size, size, channels), tf.float32,
+                             input_signature=[tf.TensorSpec((1, frames, *frame_shape), tf.float32,
                                                             name="frames")])
         keys = ["window"]
     archive.write_out(str(workdir), verbose=False)
@@ -348,6 +349,19 @@ def _crosseval_rows(opts: ConvertOptions, notes: list[str]) -> list[SourceResult
     return rows
 
 
+def _recommended_decision(opts: ConvertOptions, log: Callable[[str], None]) -> RecommendedDecision | None:
+    """The decision settings crosseval's sweep chose for this recipe on held-out sources, if it ran one."""
+    if opts.crosseval is None:
+        return None
+    from converter.crosseval import manifest_decision
+
+    chosen = manifest_decision(opts.crosseval)
+    if chosen:
+        log(f"decision settings for the bundle: threshold {chosen.threshold}, start_windows {chosen.start_windows} "
+            f"({chosen.chosen_by})")
+    return chosen
+
+
 def _verify_python(opts: ConvertOptions) -> Path | None:
     if opts.verify_python:
         return Path(opts.verify_python)
@@ -417,6 +431,7 @@ def convert(opts: ConvertOptions) -> Report:
             "verified_runtimes": checks, "metrics": _manifest_metrics(inputs, opts, parity, work),
             "budget": _device_budget(inputs, timings, manifest, opts.log),
             "data": _training_data(inputs.run, opts.licences), "crosseval": _crosseval_rows(opts, notes),
+            "decision": _recommended_decision(opts, opts.log),
         })
         write_manifest(bundle, manifest)
         if out.exists():
@@ -443,12 +458,12 @@ def _load_inputs(opts: ConvertOptions) -> _Inputs:
         raise ConvertError(f"--representation {representation!r} is not one of {', '.join(REPRESENTATIONS)}")
     frames, size = (run.frames, run.size) if run else (20, 64)
     sampling = run.window_sampling() if run else WindowSampling("spread", frames)
-    expected = (frames, size, size, channels_for(representation))
+    expected = (frames, *input_shape(representation, size, size))
     actual = tuple(model.input_shape[1:])
     if actual != expected:
         raise ConvertError(
             f"{opts.model}: model input is {'x'.join(map(str, actual))} but the bundle needs "
-            f"{'x'.join(map(str, expected))} (frames x size x size x channels for representation {representation!r}); "
+            f"{'x'.join(map(str, expected))} (frames x model input for representation {representation!r}); "
             "train with matching --frames/--size/--representation"
         )
     data = held_out(run, split, opts.data, opts.cache, frames, size)
@@ -507,7 +522,7 @@ def _build_bundle(
     """Step 3: export, convert with builtin ops only and write the bundle with its first manifest."""
     import tensorflow as tf
 
-    keys = _export(twins, inputs.frames, inputs.size, inputs.channels, work / "saved")
+    keys = _export(twins, inputs.frames, input_shape(inputs.representation, inputs.size, inputs.size), work / "saved")
     opts.log(f"converting ({opts.quantize}, builtin ops only)...")
     flat = _tflite_bytes(work / "saved", keys, opts.quantize, twins, calibration)
     bundle = work / "bundle"

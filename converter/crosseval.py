@@ -35,11 +35,12 @@ import numpy as np
 
 from converter import dataset as ds
 from converter.bootstrap import DEFAULT_RESAMPLES, METRICS, binary_scores, group_bootstrap
+from converter.decision_sweep import sweep_results
 from converter.device_rule import classifier_defaults, decision_defaults
 from converter.events import Player, clip_stream, needs_splice, score_streams, spliced_streams
 from converter.splits import PROTOCOLS, Split, group_split, leave_one_source_out
 from converter.train import TEST_FRACTION, TrainOptions, fit, load, strata
-from edge.bundle import Figure, SourceResult
+from edge.bundle import Figure, RecommendedDecision, SourceResult
 
 RESULTS_NAME = "results.json"
 PLOT_NAME = "crosseval.png"
@@ -89,8 +90,8 @@ def _event_interval(data: ds.Dataset, opts: TrainOptions) -> float:
 
 def _score(
     model: Any, data: ds.Dataset, test: np.ndarray, opts: TrainOptions, seed: int, interval: float
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Clip units and event units (one per clip or spliced span) of the test clips, per source."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Clip units, event units (one per clip or spliced span) and each stream's window scores, per source."""
     settings, classifier = decision_defaults(), classifier_defaults()
     anomaly_index = [data.labels.index(a) for a in opts.anomaly_classes]
     predict = ds.keras_predictor(model)
@@ -104,7 +105,7 @@ def _score(
                            "predicted": predicted, "alarm": predicted in opts.anomaly_classes,
                            "score": round(float(p[anomaly_index].sum()), 4)})
     player = Player(predict, opts.representation, opts.frames, interval, settings, tuple(anomaly_index), classifier)
-    event_units = []
+    event_units, windows = [], []
     for source in dict.fromkeys(item.clip.source for item in items):
         mine = [item for item in items if item.clip.source == source]
         truth = [item.clip.label in opts.anomaly_classes for item in mine]
@@ -112,8 +113,10 @@ def _score(
             streams = spliced_streams(mine, truth, seed)
         else:
             streams = [clip_stream(item, t) for item, t in zip(mine, truth, strict=True)]
-        event_units += score_streams(player, streams)
-    return clip_units, event_units
+        found, played = score_streams(player, streams)
+        event_units += found
+        windows += played
+    return clip_units, event_units, windows
 
 
 def _summaries(units: list[dict[str, Any]], resamples: int) -> list[dict[str, Any]]:
@@ -155,13 +158,15 @@ def crosseval(opts: CrossEvalOptions) -> dict[str, Any]:
     header = _header(opts, data, interval)
     units: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
+    streams: list[dict[str, Any]] = []
     planned = [(protocol, seed) for protocol in opts.protocols for seed in range(topts.seed, topts.seed + opts.seeds)]
     for step, (protocol, seed) in enumerate(planned, 1):
         splits = _splits(data, protocol, seed)
         for part, (held, (train_idx, test_idx)) in enumerate(splits, 1):
             _log(f"{protocol} seed {seed}, test {held}: {len(train_idx)} train clips, {len(test_idx)} test clips")
             model, _, record = fit(data, train_idx, topts, seed)
-            clip_units, event_units = _score(model, data, test_idx, topts, seed, interval)
+            clip_units, event_units, windows = _score(model, data, test_idx, topts, seed, interval)
+            streams += [{"protocol": protocol, "seed": seed, **w} for w in windows]
             for level, found in zip(LEVELS, (clip_units, event_units), strict=True):
                 units += [{"protocol": protocol, "seed": seed, "level": level, **u} for u in found]
             runs.append({"protocol": protocol, "seed": seed, "test": held, **record,
@@ -169,7 +174,9 @@ def crosseval(opts: CrossEvalOptions) -> dict[str, Any]:
                          "test_clip_names": [data.clips[i].clip.name for i in test_idx]})
             complete = step == len(planned) and part == len(splits)
             results = {**header, "complete": complete, "summary": _summaries(units, opts.resamples), "runs": runs,
-                       "units": units}
+                       "units": units, "streams": streams}
+            if complete:
+                results["decision_sweep"] = sweep_results(results)
             (out / RESULTS_NAME).write_text(json.dumps(_finite(results), indent=1) + "\n", encoding="utf-8")
             if opts.plots:
                 plot(results, out / PLOT_NAME)
@@ -214,6 +221,31 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def rescore(path: Path) -> dict[str, Any]:
+    """Re-derive a finished run's event level from its recorded window scores under today's span rules.
+
+    The model is not run again: every event stream's window scores are in results.json, so when the
+    rules that turn incidents into found / false-alarm spans change (see converter.events), a run of
+    hours is brought up to date in seconds. Rewrites the file; returns the results.
+    """
+    from converter.decision_sweep import replay_units
+
+    path = Path(path)
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+        if not results.get("streams"):
+            raise ds.DataError(f"{path}: no window scores recorded (a run from before they were); run crosseval again")
+        replay_units(results)
+        results["summary"] = _summaries(results["units"], results["bootstrap"]["resamples"])
+        if results.get("complete"):
+            results["decision_sweep"] = sweep_results(results)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ds.DataError(f"{path}: not a crosseval results.json ({exc!r}); pass the file `crosseval --out` wrote") \
+            from None
+    path.write_text(json.dumps(_finite(results), indent=1) + "\n", encoding="utf-8")
+    return results
+
+
 def manifest_rows(path: Path) -> tuple[list[SourceResult], bool]:
     """A results.json's summary as the manifest records it, and whether the run had finished.
 
@@ -228,6 +260,19 @@ def manifest_rows(path: Path) -> tuple[list[SourceResult], bool]:
         raise ds.DataError(f"{path}: not a crosseval results.json ({exc}); pass the file `crosseval --out` wrote") \
             from None
     return rows, bool(results.get("complete"))
+
+
+def manifest_decision(path: Path) -> RecommendedDecision | None:
+    """The sweep's chosen decision settings as the manifest records them (None for a run without a sweep)."""
+    results = json.loads(Path(path).read_text(encoding="utf-8"))
+    sweep = results.get("decision_sweep")
+    if not sweep:
+        return None
+    best, current = sweep["best"], sweep["current"]
+    return RecommendedDecision(
+        threshold=best["threshold"], start_windows=best["start_windows"],
+        chosen_by=f"crosseval {sweep['protocol']} sweep: worst held-out source's event balanced accuracy "
+                  f"{best['worst_balanced_accuracy']:.3f} (shipped defaults: {current['worst_balanced_accuracy']:.3f})")
 
 
 def summary_table(results: dict[str, Any]) -> str:

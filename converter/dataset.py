@@ -16,6 +16,7 @@ A missing or empty data folder, or a class folder without videos, is an error (D
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -34,6 +35,7 @@ from edge.preprocess import (
     PREPROCESS_VERSION,
     SCALE,
     Representation,
+    model_input,
     prepare_frame,
     window_inputs,
 )
@@ -75,10 +77,25 @@ class Decoded:
     clip: Clip
     frames: np.ndarray  # (N, H, W, 3) uint8
     fps: float
+    _flow: dict[tuple[int, int, bool], np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def duration_s(self) -> float:
         return len(self.frames) / self.fps
+
+    def flow(self, before: int, after: int, flip: bool = False) -> np.ndarray:
+        """The ``flow`` model input between two of the clip's frames, computed once per pair.
+
+        Optical flow costs about a millisecond a pair, and training revisits the same pairs every
+        epoch and in every overlapping window; the value is exactly what ``window_inputs`` gives.
+        """
+        key = (before, after, flip)
+        if key not in self._flow:
+            pair = [self.frames[i].astype(np.float32) * np.float32(SCALE) for i in (before, after)]
+            if flip:
+                pair = [p[:, ::-1] for p in pair]
+            self._flow[key] = model_input(pair[1], pair[0], "flow")
+        return self._flow[key]
 
 
 @dataclass
@@ -261,6 +278,8 @@ def load_dataset(
 
 def window_at(item: Decoded, idx: np.ndarray, representation: Representation, flip: bool = False) -> np.ndarray:
     """The model window (T x H x W x C) for sampled frame indices, built by the device's window_inputs."""
+    if representation == "flow":
+        return np.stack([item.flow(int(before), int(after), flip) for before, after in itertools.pairwise(idx)])
     prepared = item.frames[idx].astype(np.float32) * np.float32(SCALE)
     if flip:
         prepared = prepared[:, :, ::-1]

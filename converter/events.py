@@ -15,7 +15,10 @@ window_s / 2``, so a window straddling a splice is attributed to the side it mos
 
 - an anomalous span is *found* if an incident is open at any time in it (placed start <= span end
   and close >= span start);
-- a calm span is a *false alarm* if an incident's placed start falls in it.
+- a calm span is a *false alarm* if an incident's placed start falls in it, or if an incident is
+  open over all of it although the last anomalous span before it ended more than ``tail_s`` earlier
+  (a window plus ``end_windows`` hops: the longest an incident rightly outlives what opened it). So an
+  incident that never closes is a false alarm on every calm span it swallows, not a free pass.
 
 A stream of a single clip has one span, and the rules reduce to "an incident opened". The units
 (clip or span) then get the same scores and group bootstrap as clips do.
@@ -109,6 +112,19 @@ class Player:
     def window_s(self) -> float:
         return self.frames * self.interval
 
+    @property
+    def tail_s(self) -> float:
+        return incident_tail_s(self.window_s, self.settings.end_windows, self.classifier.hop, self.interval)
+
+
+def incident_tail_s(window_s: float, end_windows: int, hop: int, interval: float) -> float:
+    """How long an incident may rightly stay open after what opened it has ended.
+
+    Windows keep overlapping the anomaly for one window length; then ``end_windows`` windows, ``hop``
+    sampled frames apart, must score below the threshold before the incident closes.
+    """
+    return window_s + end_windows * hop * interval
+
 
 def stream_scores(player: Player, stream: Stream) -> tuple[np.ndarray, np.ndarray]:
     """Timestamps and anomaly scores of the windows the device would classify over a stream."""
@@ -118,9 +134,9 @@ def stream_scores(player: Player, stream: Stream) -> tuple[np.ndarray, np.ndarra
     prepared = stream.frames[samples].astype(np.float32) * np.float32(SCALE)
     inputs = []
     for k in range(1, len(prepared)):
-        previous = prepared[k - 1]
+        previous: np.ndarray | None = prepared[k - 1]
         if changed_fraction(prepared[k], previous) > classifier.scene_cut:
-            previous = prepared[k]  # the daemon reads a cut as no movement
+            previous = None  # the daemon reads a cut as no movement
         inputs.append(model_input(prepared[k], previous, player.representation))
     starts = list(range(0, len(inputs) - frames + 1, classifier.hop))
     if not starts:
@@ -133,27 +149,41 @@ def stream_scores(player: Player, stream: Stream) -> tuple[np.ndarray, np.ndarra
     return ts, np.clip(np.concatenate(scores), 0.0, 1.0)
 
 
-def span_alarms(stream: Stream, incidents: Sequence[tuple[float, float]], window_s: float) -> list[bool]:
+def span_alarms(
+    spans: Sequence[Span], incidents: Sequence[tuple[float, float]], window_s: float, tail_s: float
+) -> list[bool]:
     """Per span: found (anomalous span) or false alarm (calm span), by the rules in the module docstring."""
     placed = [(alert - window_s / 2, closed) for alert, closed in incidents]
+    anomalous_ends = [span.end for span in spans if span.anomalous]
     out = []
-    for span in stream.spans:
+    for span in spans:
         if span.anomalous:
             out.append(any(start <= span.end and closed >= span.start for start, closed in placed))
-        else:
-            out.append(any(span.start <= start < span.end for start, _ in placed))
+            continue
+        started_here = any(span.start <= start < span.end for start, _ in placed)
+        last_anomaly = max((end for end in anomalous_ends if end <= span.start), default=-np.inf)
+        held_open = span.start - last_anomaly > tail_s and any(
+            start <= span.start and closed >= span.end for start, closed in placed)
+        out.append(started_here or held_open)
     return out
 
 
-def score_streams(player: Player, streams: Sequence[Stream]) -> list[dict[str, object]]:
-    """One unit per span: its clip, group, source, truth and whether the daemon alarmed, plus the incidents."""
+def score_streams(
+    player: Player, streams: Sequence[Stream]
+) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """One unit per span (its clip, group, source, truth, whether the daemon alarmed, the incidents), and
+    per stream its window times and scores, so other decision settings can be replayed without the model."""
     units: list[dict[str, object]] = []
+    windows: list[dict[str, object]] = []
     for stream in streams:
         ts, scores = stream_scores(player, stream)
+        windows.append({"stream": stream.name, "source": stream.source, "ts": [round(float(t), 3) for t in ts],
+                        "scores": [round(float(s), 4) for s in scores]})
         found = incident_times(ts, scores, player.settings)
-        for span, alarm in zip(stream.spans, span_alarms(stream, found, player.window_s), strict=True):
+        alarms = span_alarms(stream.spans, found, player.window_s, player.tail_s)
+        for span, alarm in zip(stream.spans, alarms, strict=True):
             units.append({"stream": stream.name, "clip": span.clip, "group": stream.group, "source": stream.source,
                           "start_s": round(span.start, 3), "end_s": round(span.end, 3), "anomalous": span.anomalous,
                           "alarm": alarm, "spliced": stream.spliced, "windows": len(ts),
                           "incidents": [[round(a, 3), round(c, 3)] for a, c in found]})
-    return units
+    return units, windows

@@ -72,6 +72,10 @@ def describe(bundle_dir: Path) -> str:
         value, recall = (f"{v:.3f}" if v is not None else "-" for v in (ba.value, row.recall.value))
         lines.append(f"  {row.protocol} {row.level} {row.source}: {value}{interval}, recall {recall}, "
                      f"{row.units} units, seeds {row.seeds}")
+    if manifest.decision:
+        d = manifest.decision
+        lines.append(f"decision settings: threshold {d.threshold}, start_windows {d.start_windows} ({d.chosen_by}); "
+                     "a config that sets them wins")
     if manifest.budget:
         from converter.budget import table
 

@@ -12,6 +12,7 @@ import keras
 from keras import layers
 
 CONVLSTM_FILTERS = (4, 8, 14, 16)
+FLOW_DENSE = (32, 16)
 
 
 def _compile(model: keras.Model, learning_rate: float) -> keras.Model:
@@ -55,6 +56,32 @@ def build_rclstm(
     x = layers.LSTM(lstm_units, name="lstm")(x)
     outputs = layers.Dense(num_classes, activation="softmax", name="probs")(x)
     return _compile(keras.Model(inputs, outputs, name="rclstm"), learning_rate)
+
+
+def build_flowlstm(
+    num_classes: int,
+    frames: int = 20,
+    features: int = 11,
+    units: Sequence[int] = FLOW_DENSE,
+    dropout: float = 0.25,
+    lstm_units: int = 16,
+    learning_rate: float = 1e-3,
+) -> keras.Model:
+    """The RCLSTM shape over per-frame flow statistics (representation ``flow``): a small per-frame
+    Dense stack in place of the CNN, then LSTM and softmax.
+
+    The statistics are already scale-free summaries (see ``edge.preprocess.flow_features``), so the
+    per-frame part only has to mix a dozen numbers; a CNN would have nothing spatial left to learn.
+    Being TimeDistributed before an LSTM, it converts to the same encode/classify bundle as the RCLSTM.
+    """
+    inputs = keras.Input((frames, features), name="frames")
+    x = inputs
+    for i, width in enumerate(units):
+        x = layers.TimeDistributed(layers.Dense(width, activation="relu", name=f"dense{i}"), name=f"td_dense{i}")(x)
+        x = layers.TimeDistributed(layers.Dropout(dropout, name=f"drop{i}"), name=f"td_drop{i}")(x)
+    x = layers.LSTM(lstm_units, name="lstm")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="probs")(x)
+    return _compile(keras.Model(inputs, outputs, name="flowlstm"), learning_rate)
 
 
 def build_convlstm(

@@ -59,12 +59,12 @@ def _body(model: keras.Model) -> list[keras.layers.Layer]:
 
 def rclstm_twins(model: keras.Model) -> Twins:
     """Split an RCLSTM into a per-frame encoder and a window classifier."""
-    _, frames, height, width, channels = model.input_shape
+    _, frames, *frame_shape = model.input_shape
     body = _body(model)
     split = next((i for i, layer in enumerate(body) if isinstance(layer, layers.LSTM)), None)
     if split is None:
         raise ValueError(f"model {model.name!r} has no LSTM layer; not an RCLSTM")
-    frame_in = keras.Input((height, width, channels), batch_size=1, name="frame")
+    frame_in = keras.Input(tuple(frame_shape), batch_size=1, name="frame")
     x = frame_in
     for layer in body[:split]:
         if not isinstance(layer, layers.TimeDistributed):
@@ -90,9 +90,9 @@ def rclstm_window_twin(model: keras.Model) -> Twins:
     """
     parts = rclstm_twins(model)
     assert parts.encoder is not None and parts.classifier is not None
-    _, frames, height, width, channels = model.input_shape
+    _, frames, *frame_shape = model.input_shape
     frames_in = keras.Input(model.input_shape[1:], batch_size=1, name="frames")
-    features = parts.encoder(keras.ops.reshape(frames_in, (frames, height, width, channels)))
+    features = parts.encoder(keras.ops.reshape(frames_in, (frames, *frame_shape)))
     probs = parts.classifier(keras.ops.reshape(features, (1, frames, -1)))
     return Twins(window=keras.Model(frames_in, probs, name="window"))
 

@@ -157,6 +157,22 @@ class DeviceBudget(_Strict):
     pi4_core_share_estimate: float = Field(ge=0)  # share of one Pi 4 core per camera
 
 
+class RecommendedDecision(_Strict):
+    """Decision settings chosen for this model (``crosseval``'s sweep over held-out sources).
+
+    A model's scores have their own scale: the threshold that suits one model is too strict or too
+    loose for another, so the bundle carries its own; a config that sets a value still wins.
+    """
+
+    threshold: float = Field(ge=0.0, le=1.0)
+    start_windows: int = Field(ge=1, le=1000)
+    chosen_by: str = Field(max_length=500)
+
+    def settings(self) -> dict[str, float | int]:
+        """The decision keys this recommends, as ``Config.decision_for`` takes them."""
+        return {"threshold": self.threshold, "start_windows": self.start_windows}
+
+
 class Manifest(_Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")
@@ -181,6 +197,7 @@ class Manifest(_Strict):
     data: list[TrainingData] = Field(default_factory=list)
     crosseval: list[SourceResult] = Field(default_factory=list)
     budget: DeviceBudget | None = None
+    decision: RecommendedDecision | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:

@@ -69,7 +69,7 @@ def bundle_factory(
 
     made: dict[tuple[str, str], Path] = {}
     root = tmp_path_factory.mktemp("bundles")
-    runs = {"rclstm": "trained_run", "convlstm": "convlstm_run"}
+    runs = {"rclstm": "trained_run", "convlstm": "convlstm_run", "flow": "flow_run"}
 
     def make(mode: str, arch: str = "rclstm") -> Path:
         if (mode, arch) not in made:
@@ -96,6 +96,17 @@ def convlstm_run(synth_data: Path, frame_cache: Path, tmp_path_factory: pytest.T
     out = tmp_path_factory.mktemp("run") / "convlstm"
     train(TrainOptions(data_dir=synth_data, out=out, arch="convlstm", representation="diff",
                        anomaly_classes=["fight"], epochs=1, patience=1, batch_size=4, cache=frame_cache))
+    return out
+
+
+@pytest.fixture(scope="session")
+def flow_run(synth_data: Path, frame_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Dense+LSTM model over optical-flow statistics (representation ``flow``), 3 epochs on ``synth_data``."""
+    from converter.train import TrainOptions, train
+
+    out = tmp_path_factory.mktemp("run") / "flow"
+    train(TrainOptions(data_dir=synth_data, out=out, representation="flow", anomaly_classes=["fight"], epochs=3,
+                       patience=3, batch_size=2, augment="none", cache=frame_cache))
     return out
 
 

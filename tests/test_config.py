@@ -12,6 +12,7 @@ from edge.core.config import (
     PASSWORD_ENV,
     Config,
     ConfigError,
+    DecisionConfig,
     MqttConfig,
     load_config,
     override,
@@ -237,3 +238,19 @@ def test_any_file_is_a_config_or_a_config_error(tmp_path: Path, content: bytes |
         assert isinstance(load_config(path), Config)
     except ConfigError as exc:
         assert exc.problems and all(p and "\n" not in p for p in exc.problems)
+
+
+def test_a_models_recommended_decision_fills_only_what_the_config_leaves_unset(tmp_path: Path) -> None:
+    """The bundle's own threshold replaces the built-in default, never a value the installer wrote."""
+    recommended = {"threshold": 0.55, "start_windows": 2}
+    plain = load_config(None)
+    camera = plain.cameras[0]
+    chosen = plain.decision_for(camera, recommended)
+    assert (chosen.threshold, chosen.start_windows, chosen.end_windows) == (0.55, 2, DecisionConfig().end_windows)
+    assert plain.decision_for(camera) == DecisionConfig()
+    path = tmp_path / "config.toml"
+    path.write_text("[decision]\nthreshold = 0.8\n\n[[cameras]]\nid = \"door\"\nsource = 0\n[cameras.decision]\n"
+                    "start_windows = 4\n")
+    written = load_config(path)
+    chosen = written.decision_for(written.cameras[0], recommended)
+    assert (chosen.threshold, chosen.start_windows) == (0.8, 4)

@@ -13,6 +13,7 @@ from converter.bootstrap import METRICS, group_bootstrap
 from converter.device_rule import classifier_defaults, decision_defaults
 from converter.events import Player, Span, Stream, needs_splice, span_alarms, spliced_streams, stream_scores
 from converter.sampling import WindowSampling
+from edge.adapters.runtime import BundleModel
 
 
 def test_interval_windows_for_a_known_clip() -> None:
@@ -97,10 +98,15 @@ def test_span_rules_found_and_false_alarm() -> None:
                     True)
     window_s = 2.0
     # Alert at 4.5 s: its window's middle (3.5 s) is in the fight; it stays open into calm2 but did not start there.
-    assert span_alarms(stream, [(4.5, 7.0)], window_s) == [False, True, False]
+    tail_s = 3.0
+    assert span_alarms(stream.spans, [(4.5, 7.0)], window_s, tail_s) == [False, True, False]
     # Alert at 5.5 s (placed at 4.5 s, in calm2), closing at 8 s: a false alarm in calm2; the fight is missed.
-    assert span_alarms(stream, [(5.5, 8.0)], window_s) == [False, False, True]
-    assert span_alarms(stream, [], window_s) == [False, False, False]
+    assert span_alarms(stream.spans, [(5.5, 8.0)], window_s, tail_s) == [False, False, True]
+    assert span_alarms(stream.spans, [], window_s, tail_s) == [False, False, False]
+    # An incident that outlives the fight by more than the tail is a false alarm on every calm span it swallows.
+    longer = [*stream.spans, Span("calm3", 6.0, 8.0, False), Span("calm4", 8.0, 10.0, False)]
+    assert span_alarms(longer, [(3.5, 30.0)], window_s, tail_s) == [False, True, False, False, True]
+    assert span_alarms(longer, [(1.5, 30.0)], window_s, tail_s) == [True, True, False, False, True]
 
 
 def test_stream_windows_follow_the_device_grid() -> None:
@@ -151,7 +157,7 @@ def test_crosseval_end_to_end_writes_every_field(crosseval_out: Path) -> None:
     assert (out / "crosseval.png").read_bytes()[:4] == b"\x89PNG"
     assert set(results) == {"created_at", "argv", "options", "sources", "labels", "anomaly_labels", "class_map",
                             "grouping", "sampling", "event_interval_s", "decision", "classifier", "seeds", "protocols",
-                            "bootstrap", "complete", "summary", "runs", "units"}
+                            "bootstrap", "complete", "summary", "runs", "units", "streams", "decision_sweep"}
     assert results["complete"] is True
     assert [s["name"] for s in results["sources"]] == ["short", "far"]
     assert results["sampling"]["method"] == "interval" and results["decision"]["start_windows"] == 3
@@ -173,6 +179,31 @@ def test_crosseval_end_to_end_writes_every_field(crosseval_out: Path) -> None:
     event_units = [u for u in results["units"] if u["level"] == "event"]
     assert {"stream", "clip", "group", "source", "start_s", "end_s", "anomalous", "alarm", "incidents"} <= set(
         event_units[0])
+    # Every event stream's window scores are kept, and replaying them at the shipped settings gives the same alarms.
+    assert {(u["protocol"], u["seed"], u["stream"]) for u in event_units} == {
+        (w["protocol"], w["seed"], w["stream"]) for w in results["streams"]}
+    from converter.decision_sweep import replay
+    from converter.device_rule import decision_defaults
+
+    again = replay(results, decision_defaults())
+    for source in ("short", "far"):
+        mine = [u for u in event_units if u["protocol"] == "loso" and u["source"] == source]
+        assert again[source]["units"] == len(mine)
+        assert again[source]["recall"] == rows["loso", "event", source]["metrics"]["recall"]["value"]
+    sweep = results["decision_sweep"]
+    assert sweep["protocol"] == "loso" and len(sweep["rows"]) == 52
+    # rescore re-derives the event level from the recorded scores: under unchanged rules, the same figures.
+    from converter.cli import main
+
+    copy = out / "rescored.json"
+    copy.write_text(json.dumps(results))
+    assert main(["rescore", str(copy)]) == 0
+    again_results = json.loads(copy.read_text())
+    assert again_results["summary"] == results["summary"] and again_results["units"] == results["units"]
+    copy.write_text(json.dumps({**results, "streams": []}))
+    assert main(["rescore", str(copy)]) == 2
+    assert main(["rescore", str(out / "missing.json")]) == 2
+    assert sweep["best"]["worst_balanced_accuracy"] >= sweep["current"]["worst_balanced_accuracy"]
 
 
 @pytest.mark.slow
@@ -214,10 +245,16 @@ def test_train_and_evaluate_on_two_sources_with_a_class_map(
     assert first["balanced_accuracy"]["value"] == summary[0]["metrics"]["balanced_accuracy"]["value"]
     budget = manifest["budget"]
     assert budget["mac_per_frame"] > 0 and "ai-edge-litert" in budget["x86_ms_per_frame"]
+    best = json.loads((crosseval_out / "results.json").read_text())["decision_sweep"]["best"]
+    assert (manifest["decision"]["threshold"], manifest["decision"]["start_windows"]) == (
+        best["threshold"], best["start_windows"])
+    assert BundleModel(bundle).recommended_decision() == {"threshold": best["threshold"],
+                                                          "start_windows": best["start_windows"]}
     capsys.readouterr()
     assert main(["inspect", str(bundle)]) == 0
     shown = capsys.readouterr().out
     assert "far: 8 clips, evaluation only" in shown and "loso clip short" in shown and "device budget" in shown
+    assert f"decision settings: threshold {best['threshold']}" in shown
     # A licence for a source the run never had, or a file that is not a crosseval result, is one line, exit 2.
     assert main(["convert", str(run_dir / "model.keras"), "--out", str(tmp_path / "b2"), "--licence", "nope=MIT",
                  "--cache", cache]) == 2
@@ -225,3 +262,36 @@ def test_train_and_evaluate_on_two_sources_with_a_class_map(
     assert main(["convert", str(run_dir / "model.keras"), "--out", str(tmp_path / "b3"), "--crosseval",
                  str(run_dir / "run.json"), "--cache", cache]) == 2
     assert "not a crosseval results.json" in capsys.readouterr().err
+
+
+def _sweep_input() -> dict:
+    """Recorded window scores of two held-out sources, as crosseval writes them (windows of 2 s at 0.1 s).
+
+    Source a's fight scores 0.6 (found only below a 0.6 threshold) and its calm clip 0.45; source b's
+    fight scores 0.9 and its calm clip 0.55, so a threshold of 0.6 with one window is the only
+    setting that is right everywhere.
+    """
+    ts = [2.0 + 0.4 * i for i in range(8)]
+    units, streams = [], []
+    for source, fight, calm in (("a", 0.6, 0.45), ("b", 0.9, 0.55)):
+        for clip, score, anomalous in (("fight", fight, True), ("calm", calm, False)):
+            name = f"{source}/{clip}"
+            units.append({"protocol": "loso", "seed": 0, "level": "event", "stream": name, "clip": name,
+                          "group": name, "source": source, "start_s": 0.0, "end_s": 5.0, "anomalous": anomalous})
+            streams.append({"protocol": "loso", "seed": 0, "stream": name, "source": source, "ts": ts,
+                            "scores": [score] * len(ts)})
+    return {"options": {"frames": 20}, "event_interval_s": 0.1, "decision": decision_defaults().model_dump(),
+            "classifier": {"hop": 4},
+            "units": units, "streams": streams}
+
+
+def test_decision_sweep_picks_the_setting_best_on_the_worst_source() -> None:
+    from converter.decision_sweep import replay, sweep_results, sweep_table
+
+    results = _sweep_input()
+    current = replay(results, decision_defaults())  # threshold 0.7: a's fight is missed
+    assert current["a"]["recall"] == 0.0 and current["b"]["balanced_accuracy"] == 1.0
+    sweep = sweep_results(results, thresholds=(0.4, 0.6, 0.7), start_windows=(1, 3))
+    assert (sweep["best"]["threshold"], sweep["best"]["worst_balanced_accuracy"]) == (0.6, 1.0)
+    assert sweep["current"]["worst_balanced_accuracy"] == 0.5
+    assert len(sweep["rows"]) == 6 and "threshold 0.60" in sweep_table(sweep)

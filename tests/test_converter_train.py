@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from converter.cli import main
@@ -133,3 +134,11 @@ def test_group_folds_cover_every_clip_once(synth_data: Path, frame_cache: Path, 
     tested = [clip for split in run["splits"] for clip in split["test_clips"]]
     assert len(run["splits"]) == 3 and len(tested) == len(set(tested)) == 24
     assert json.loads((out / "metrics.json").read_text())["summary"]["runs"] == 3
+
+
+def test_class_weights_are_one_when_balanced_and_lift_the_rarer_class() -> None:
+    from converter.train import balanced_weights
+
+    assert balanced_weights(np.array([0, 1, 0, 1]), 2) == {0: 1.0, 1: 1.0}
+    weights = balanced_weights(np.array([0, 0, 0, 0, 1, 1]), 2)
+    assert weights[1] == 2 * weights[0] and weights[0] == 0.75

@@ -41,8 +41,8 @@ FINE_TUNE = ["--epochs", "5", "--patience", "5", "--sampling", "interval", "--in
 def incidents(bundle: Path, video: Path) -> list[Incident]:
     """The incidents the daemon's own chain raises over ``video`` with ``bundle`` (default decision settings)."""
     config = Config.model_validate({"model": {"bundle": str(bundle)}})
-    return scan(file_camera(config.cameras[0], video), config.decision, BundleModel.configured(config.model),
-                "pi-1", "store-1").incidents
+    return scan(file_camera(config.cameras[0], video), config.decision, config.classifier,
+                BundleModel.configured(config.model), "pi-1", "store-1").incidents
 
 
 def during(found: list[Incident], span: tuple[float, float]) -> list[Incident]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.adapters.outbox import IncidentMark, Outbox
+from edge.adapters.outbox import IncidentMark, Outbox, OutboxInUse
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -183,3 +183,20 @@ def test_concurrent_put_and_ack_keep_the_counters(tmp_path: Path) -> None:
             acked += 1
     thread.join()
     assert acked == 100 and box.depth() == 0 and box.size() == 0
+
+
+def test_a_second_process_on_the_same_state_dir_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Two daemons on one outbox would publish and delete each other's rows; the second one does not start."""
+    first = Outbox(tmp_path / "outbox.db")
+    first.put("t", b"kept")
+    with pytest.raises(OutboxInUse, match="another rclstm-edge process is using"):
+        Outbox(tmp_path / "outbox.db")
+    opener = "import sys; from pathlib import Path; from edge.adapters.outbox import Outbox; Outbox(Path(sys.argv[1]))"
+    done = subprocess.run([sys.executable, "-c", opener, str(tmp_path / "outbox.db")],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode != 0 and "another rclstm-edge process is using" in done.stderr
+    first.close()
+    first.close()  # twice is harmless
+    again = Outbox(tmp_path / "outbox.db")
+    assert again.depth() == 1
+    again.close()

@@ -32,6 +32,7 @@ at its next start and closes it, so a backend never keeps an incident open forev
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import sqlite3
@@ -69,6 +70,30 @@ _SALVAGE_PROBES = 1_000_000  # ids probed one by one between the readable ends o
 
 class OutboxUnavailable(OSError):
     """The outbox cannot be opened for a reason that is not corruption, and retrying did not help."""
+
+
+class OutboxInUse(OutboxUnavailable):
+    """Another process holds the outbox's directory.
+
+    Two daemons on one state dir would each publish and delete the other's rows and count them as
+    their own (measured: a negative depth and a traceback at stop), so the second one does not start.
+    """
+
+
+def _hold(directory: Path, outbox: Path) -> int:
+    """An exclusive lock on the state directory, held while the outbox is open.
+
+    The directory itself is locked, not a lock file: on a disk out of inodes a lock file could not be
+    created, and the outbox must still open there (its rows wait for space, see ``_open``).
+    """
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OutboxInUse(f"outbox {outbox}: another rclstm-edge process is using {directory}; stop it, or give "
+                          "this one its own state_dir") from None
+    return fd
 
 
 def checksum(topic: str, payload: bytes) -> int:
@@ -131,10 +156,15 @@ class Outbox:
         self._failing = 0  # consecutive failed puts, so a long outage is one line, and its end another
         self._lock = threading.Lock()
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._held = _hold(self.path.parent, self.path)
         existed = self.path.exists()
         damage = wal_damage(Path(f"{self.path}-wal"))
         self._set_aside_at: Path | None = None
-        self._db = self._open(open_retry_s)
+        try:
+            self._db = self._open(open_retry_s)
+        except OSError:
+            os.close(self._held)
+            raise
         self._marker = _LastId(Path(f"{self.path}{LAST_ID_SUFFIX}"))
         missing = self._missing_since_marker() if existed and self._set_aside_at is None else None
         if missing:
@@ -448,6 +478,9 @@ class Outbox:
         with self._lock:
             self._db.close()
             self._marker.close()
+            if self._held >= 0:
+                os.close(self._held)  # releases the directory lock
+                self._held = -1
 
 
 LAST_ID_SUFFIX = "-last-id"

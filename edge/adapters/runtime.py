@@ -24,6 +24,7 @@ import numpy as np
 from edge.bundle import BundleError, Manifest, load_bundle
 from edge.core.config import ModelConfig, RuntimeName
 from edge.models import resolve_bundle
+from edge.preprocess import input_shape
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ class BundleModel:
             name: _Signature(self.interpreter, name, self.manifest, model_path) for name in self.manifest.signatures
         }
         spec = self.manifest.input
-        frame_shape = [spec.height, spec.width, spec.channels]
+        frame_shape = list(input_shape(spec.representation, spec.height, spec.width))
         expected_input = [1, *frame_shape] if self.manifest.streaming else [1, spec.frames, *frame_shape]
         declared = list(self.manifest.signatures[first_name(self.manifest)].inputs[0].shape)
         if declared != expected_input:
@@ -181,6 +182,10 @@ class BundleModel:
     def configured(cls, spec: ModelConfig, bundle: str | None = None) -> BundleModel:
         """The configured bundle (or ``bundle``, a built-in name or a path, instead) with its runtime settings."""
         return cls(resolve_bundle(bundle or spec.bundle), spec.num_threads, spec.runtime)
+
+    def recommended_decision(self) -> dict[str, float | int]:
+        """The decision settings the bundle recommends for itself (none for bundles without them)."""
+        return self.manifest.decision.settings() if self.manifest.decision else {}
 
     @property
     def streaming(self) -> bool:

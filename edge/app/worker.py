@@ -37,7 +37,8 @@ class CameraWorker:
                  clips: ClipStore | None = None) -> None:
         self.camera = camera
         self.sink = sink
-        decision, classifier = config.decision_for(camera), config.classifier_for(camera)
+        decision = config.decision_for(camera, model.recommended_decision())
+        classifier = config.classifier_for(camera)
         self.recorder = None if clips is None else ClipRecorder(
             clips, config.clips, camera.id, config.device_id, config.site, model.manifest, decision, classifier.hop)
         recorder = self.recorder

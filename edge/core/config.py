@@ -13,6 +13,7 @@ import re
 import socket
 import stat
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -308,9 +309,17 @@ class Config(_Section):
     def deprecations(self) -> list[str]:
         return list(self._deprecations)
 
-    def decision_for(self, camera: CameraConfig) -> DecisionConfig:
-        """The device-wide decision settings with the camera's overrides applied."""
-        return self.decision.model_copy(update=camera.decision.model_dump(exclude_none=True))
+    def decision_for(
+        self, camera: CameraConfig, recommended: Mapping[str, float | int] | None = None
+    ) -> DecisionConfig:
+        """The device-wide decision settings with the camera's overrides applied.
+
+        ``recommended`` (the model's own, from its manifest) replaces the built-in defaults for the
+        keys the config does not set: a value an installer wrote, or `calibrate` chose, always wins.
+        """
+        chosen = {**(recommended or {}), **self.decision.model_dump(include=self.decision.model_fields_set)}
+        base = DecisionConfig(**chosen)
+        return base.model_copy(update=camera.decision.model_dump(exclude_none=True))
 
     def classifier_for(self, camera: CameraConfig) -> ClassifierConfig:
         """The device-wide classifier settings with the camera's overrides applied."""

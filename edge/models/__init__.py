@@ -7,7 +7,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 # Names accepted by `model.bundle` / `--model` besides a path.
 BUILTIN = {
-    "builtin": "fight-rclstm",  # trained on real CCTV fights (see the README for its metrics)
+    "builtin": "fight-flow",  # optical-flow statistics, trained on two real CCTV sources (README: the shipped model)
+    "fight-rclstm": "fight-rclstm",  # the earlier frame-difference CNN, fight-surv only; at chance on other sources
     "demo": "demo-synth",  # trained on generated clips; only for `rclstm-edge demo` and tests
 }
 

@@ -112,7 +112,7 @@ def _check_broker(config: Config) -> tuple[bool, str, str]:
 
 
 def _check_state_dir(config: Config) -> tuple[bool, str, str]:
-    from edge.adapters.outbox import OUTBOX_NAME, Outbox, usable_state_dir
+    from edge.adapters.outbox import OUTBOX_NAME, Outbox, OutboxInUse, usable_state_dir
 
     item = "state_dir"
     if config.mqtt.url is None:
@@ -123,6 +123,8 @@ def _check_state_dir(config: Config) -> tuple[bool, str, str]:
     try:
         directory = usable_state_dir(config.state_dir)
         box = Outbox(directory / OUTBOX_NAME, config.outbox.max_rows, config.outbox.max_bytes, open_retry_s=0)
+    except OutboxInUse:
+        return True, item, f"outbox {directory / OUTBOX_NAME} is held by the running daemon"
     except OSError as exc:
         return False, item, str(exc)
     depth = box.depth()

@@ -81,10 +81,10 @@ class StreamClassifier:
         if previous is None:
             return None
         if self.scene_cut < 1.0 and changed_fraction(prepared, previous) > self.scene_cut:
-            # Not movement but a new picture: the difference across it reads as none (see DecisionConfig).
+            # Not movement but a new picture: read as none, like a stream's first frame (see DecisionConfig).
             self.scene_cuts += 1
             log.debug("scene cut at %.3fs (%d so far)", frame.ts, self.scene_cuts)
-            previous = prepared
+            previous = None
         started = time.perf_counter()
         x = model_input(prepared, previous, spec.representation)
         self._buffer.append(self.model.encode(x) if self.model.streaming else x)

@@ -126,8 +126,8 @@ def replay(
 
         require_matplotlib()  # before minutes of inference, not after
     fps = probe(camera)
-    decision = config.decision_for(camera)
     model = BundleModel.configured(config.model, model_spec)
+    decision = config.decision_for(camera, model.recommended_decision())
     out_dir.mkdir(parents=True, exist_ok=True)
     annotator = Annotator(out_dir / VIDEO_NAME, fps)
     events_path = out_dir / EVENTS_NAME

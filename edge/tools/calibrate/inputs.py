@@ -83,7 +83,7 @@ def calibrate(
     for path in [*recordings, *(p for p, _ in labelled_paths)]:
         probe(file_camera(camera, path))  # an unreadable recording fails before any inference
     model = BundleModel.configured(config.model, model_spec)
-    decision, classifier = config.decision_for(camera), config.classifier_for(camera)
+    decision, classifier = config.decision_for(camera, model.recommended_decision()), config.classifier_for(camera)
 
     def score(path: Path) -> Recording:
         result = scan(file_camera(camera, path), decision, classifier, model, config.device_id, config.site)

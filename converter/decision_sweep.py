@@ -1,0 +1,104 @@
+"""Re-choose the daemon's decision settings from leave-one-source-out window scores.
+
+The decision rule (threshold, windows in a row to open an incident) turns a model's window scores
+into what a user sees. A setting tuned on the cameras a model was trained on flatters it, so the
+sweep replays the window scores that ``crosseval`` recorded for each *held-out* source through the
+daemon's rule (``converter.device_rule``) at every setting of a small grid, with the same span rules
+as the event-level figures (``converter.events.span_alarms``), and picks the setting whose worst
+source is best: an installer's camera may be like either source. The model is not run again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from converter.bootstrap import binary_scores
+from converter.device_rule import incident_times
+from converter.events import Span, incident_tail_s, span_alarms
+from edge.core.config import DecisionConfig
+
+THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(13))  # 0.30 .. 0.90
+START_WINDOWS = (1, 2, 3, 4)
+OBJECTIVE = "the highest balanced accuracy of the worst held-out source (ties: the higher mean over sources)"
+
+
+def _streams(results: dict[str, Any], protocol: str) -> list[tuple[str, list[Span], dict[str, Any]]]:
+    """(source, spans, window scores) for every stream the protocol's event level played."""
+    spans: dict[tuple[int, str], list[Span]] = {}
+    for unit in results["units"]:
+        if unit["protocol"] == protocol and unit["level"] == "event":
+            spans.setdefault((unit["seed"], unit["stream"]), []).append(
+                Span(unit["clip"], unit["start_s"], unit["end_s"], unit["anomalous"]))
+    return [(w["source"], spans[w["seed"], w["stream"]], w) for w in results.get("streams", [])
+            if w["protocol"] == protocol and (w["seed"], w["stream"]) in spans]
+
+
+def _alarms(results: dict[str, Any], settings: DecisionConfig, spans: list[Span], windows: dict[str, Any]
+            ) -> tuple[list[bool], list[tuple[float, float]]]:
+    """The spans' alarms and the incidents had the daemon used ``settings`` on one recorded stream."""
+    interval = results["event_interval_s"]
+    window_s = results["options"]["frames"] * interval
+    tail_s = incident_tail_s(window_s, settings.end_windows, results["classifier"]["hop"], interval)
+    found = incident_times(windows["ts"], windows["scores"], settings)
+    return span_alarms(spans, found, window_s, tail_s), found
+
+
+def replay(results: dict[str, Any], settings: DecisionConfig, protocol: str = "loso") -> dict[str, dict[str, Any]]:
+    """Per source: binary scores of its spans (pooled over seeds) had the daemon used ``settings``."""
+    truth: dict[str, list[bool]] = {}
+    alarms: dict[str, list[bool]] = {}
+    for source, spans, windows in _streams(results, protocol):
+        truth.setdefault(source, []).extend(span.anomalous for span in spans)
+        alarms.setdefault(source, []).extend(_alarms(results, settings, spans, windows)[0])
+    return {source: {"units": len(truth[source]), **binary_scores(truth[source], alarms[source])} for source in truth}
+
+
+def replay_units(results: dict[str, Any]) -> None:
+    """Recompute every event unit's alarm and incidents in place at the run's own decision settings."""
+    settings = DecisionConfig(**results["decision"])
+    by_stream: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+    for unit in results["units"]:
+        if unit["level"] == "event":
+            by_stream.setdefault((unit["protocol"], unit["seed"], unit["stream"]), []).append(unit)
+    for windows in results["streams"]:
+        units = by_stream.get((windows["protocol"], windows["seed"], windows["stream"]), [])
+        spans = [Span(u["clip"], u["start_s"], u["end_s"], u["anomalous"]) for u in units]
+        alarms, found = _alarms(results, settings, spans, windows)
+        for unit, alarm in zip(units, alarms, strict=True):
+            unit["alarm"] = alarm
+            unit["incidents"] = [[round(a, 3), round(c, 3)] for a, c in found]
+
+
+def _row(results: dict[str, Any], settings: DecisionConfig, protocol: str) -> dict[str, Any]:
+    per_source = replay(results, settings, protocol)
+    balanced = [s["balanced_accuracy"] for s in per_source.values()]
+    return {"threshold": settings.threshold, "start_windows": settings.start_windows, "per_source": per_source,
+            "worst_balanced_accuracy": min(balanced, default=0.0),
+            "mean_balanced_accuracy": sum(balanced) / len(balanced) if balanced else 0.0}
+
+
+def sweep_results(
+    results: dict[str, Any],
+    protocol: str = "loso",
+    thresholds: Sequence[float] = THRESHOLDS,
+    start_windows: Sequence[int] = START_WINDOWS,
+) -> dict[str, Any]:
+    """Every grid setting's per-source event scores, the current defaults' and the best by ``OBJECTIVE``."""
+    base = DecisionConfig(**results["decision"])
+    rows = [_row(results, base.model_copy(update={"threshold": t, "start_windows": k}), protocol)
+            for t in thresholds for k in start_windows]
+    best = max(rows, key=lambda r: (r["worst_balanced_accuracy"], r["mean_balanced_accuracy"]))
+    return {"protocol": protocol, "objective": OBJECTIVE, "current": _row(results, base, protocol), "best": best,
+            "rows": rows}
+
+
+def sweep_table(sweep: dict[str, Any]) -> str:
+    """The current defaults and the chosen setting, per source."""
+    lines = [f"decision sweep over {sweep['protocol']} window scores; objective: {sweep['objective']}"]
+    for name in ("current", "best"):
+        row = sweep[name]
+        parts = ", ".join(f"{src} BA {s['balanced_accuracy']:.3f} recall {s['recall']:.3f}"
+                          for src, s in row["per_source"].items())
+        lines.append(f"{name:8s} threshold {row['threshold']:.2f} start_windows {row['start_windows']}: {parts}")
+    return "\n".join(lines)

@@ -1,0 +1,162 @@
+"""What `.ci/arm64` compares: the device commands' output on aarch64 (qemu-user) against x86.
+
+The Pi runs aarch64 wheels of OpenCV and the TFLite runtimes, which the x86 test suite never loads.
+`.ci/arm64` runs `demo`, `check` and `run --fast` on one clip in a Debian Bookworm arm64 root file
+system and on x86, with the same package versions, and this module decides whether they agree.
+
+Why a tolerance and not equality: the x86 and aarch64 OpenCV builds decode the same file to pixels
+up to 2 levels apart, so scores move in the second or third decimal, and a window whose score sits
+on the threshold may open or close an incident one hop (4 sampled frames, 0.4 s) earlier or later.
+What must not change: the number of incidents, their label, the messages each one sends, how it
+ended, the model that scored it, and every `check` verdict. Scores may differ by ``SCORE_TOL``,
+window counts by one hop's worth of windows, times by ``TIME_TOL_S``. Times are compared relative
+to each run's first ``started_at``: `run --fast` anchors a file at the moment reading started, so
+the absolute times of two runs never agree.
+
+Usage (from the repository's root, with the x86 venv's python):
+  python -m testbed.arm64 prepare DIR         write DIR/clip.mp4 and DIR/check.toml (check's config)
+  python -m testbed.arm64 events X86 ARM64    compare two JSON-lines event outputs
+  python -m testbed.arm64 check X86 ARM64     compare two `check` outputs
+Exit 1 with one line naming the first difference when they disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+SCORE_TOL = 0.05
+TIME_TOL_S = 0.5
+WINDOWS_TOL = 1
+TIMES = ("started_at", "emitted_at", "ended_at")
+SCORES = ("score", "peak_score", "mean_score")
+# Fields that differ between any two runs (a fresh id) or are compared within a tolerance.
+_LOOSE = {"event_id", "windows", *TIMES, *SCORES}
+# Two fights in one scene, so the comparison covers more than one incident and the calm between.
+CLIP_SEGMENTS = [("calm", 6.0), ("fight", 6.0), ("calm", 8.0), ("fight", 5.0), ("calm", 6.0)]
+# A check line's measured duration is the only part that differs between two healthy runs.
+_DURATION = re.compile(r"\bin \d+(\.\d+)? ms\b")
+
+
+def load_events(text: str) -> list[dict[str, Any]]:
+    """The event messages of a command's stdout (its JSON lines; demo also prints nothing else there)."""
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def _incidents(events: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Messages grouped per incident, in the order incidents started."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for event in events:
+        groups.setdefault(event["event_id"], []).append(event)
+    return list(groups.values())
+
+
+def _offsets(events: Sequence[dict[str, Any]]) -> list[dict[str, float | None]]:
+    """Each message's times in seconds after the run's first incident started."""
+    def parse(value: str) -> datetime:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+    anchor = parse(events[0]["started_at"]) if events else None
+    return [
+        {key: (parse(e[key]) - anchor).total_seconds() if e[key] and anchor else None for key in TIMES}
+        for e in events
+    ]
+
+
+def compare_events(x86: Sequence[dict[str, Any]], arm64: Sequence[dict[str, Any]]) -> list[str]:
+    """Every way the aarch64 run's incidents differ from the x86 run's beyond the tolerances."""
+    ours, theirs = _incidents(x86), _incidents(arm64)
+    if len(ours) != len(theirs):
+        return [f"{len(theirs)} incident(s) on arm64, {len(ours)} on x86"]
+    problems: list[str] = []
+    x86_times, arm64_times = iter(_offsets(x86)), iter(_offsets(arm64))
+    for number, (a, b) in enumerate(zip(ours, theirs, strict=True), 1):
+        kinds_a, kinds_b = [e["type"] for e in a], [e["type"] for e in b]
+        if kinds_a != kinds_b:
+            problems.append(f"incident {number}: messages {kinds_b} on arm64, {kinds_a} on x86")
+            continue
+        for ea, eb in zip(a, b, strict=True):
+            where = f"incident {number} {ea['type']} (seq {ea['seq']})"
+            ta, tb = next(x86_times), next(arm64_times)
+            for key in sorted((ea.keys() | eb.keys()) - _LOOSE):
+                if ea.get(key) != eb.get(key):
+                    problems.append(f"{where}: {key} {eb.get(key)!r} on arm64, {ea.get(key)!r} on x86")
+            for key in SCORES:
+                if abs(ea[key] - eb[key]) > SCORE_TOL:
+                    problems.append(f"{where}: {key} {eb[key]} on arm64, {ea[key]} on x86 (tolerance {SCORE_TOL})")
+            if abs(ea["windows"] - eb["windows"]) > WINDOWS_TOL:
+                problems.append(f"{where}: windows {eb['windows']} on arm64, {ea['windows']} on x86")
+            for key in TIMES:
+                a_s, b_s = ta[key], tb[key]
+                if not (a_s is b_s is None or (a_s is not None and b_s is not None and abs(a_s - b_s) <= TIME_TOL_S)):
+                    problems.append(f"{where}: {key} at {tb[key]} s on arm64, {ta[key]} s on x86 "
+                                    f"(after the first start; tolerance {TIME_TOL_S} s)")
+    return problems
+
+
+def max_differences(x86: Sequence[dict[str, Any]], arm64: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """The largest score and time differences between matching messages, for the log and the docs."""
+    pairs = list(zip(x86, arm64, strict=False))
+    times = [(ta[k], tb[k]) for ta, tb in zip(_offsets(x86), _offsets(arm64), strict=False) for k in TIMES]
+    return {
+        "score": max((abs(a[k] - b[k]) for a, b in pairs for k in SCORES), default=0.0),
+        "time_s": max((abs(a - b) for a, b in times if a is not None and b is not None), default=0.0),
+    }
+
+
+def compare_check(x86: str, arm64: str) -> list[str]:
+    """`check` must say the same thing line for line on both; only measured durations may differ."""
+    ours, theirs = (_DURATION.sub("in N ms", text).strip().splitlines() for text in (x86, arm64))
+    if len(ours) != len(theirs):
+        return [f"{len(theirs)} check line(s) on arm64, {len(ours)} on x86"]
+    return [f"check says {b!r} on arm64, {a!r} on x86" for a, b in zip(ours, theirs, strict=True) if a != b]
+
+
+def prepare(folder: Path) -> None:
+    """The clip `run` and `check` read on both sides, and the config `check` validates."""
+    from edge.synthetic import write_stream
+
+    folder.mkdir(parents=True, exist_ok=True)
+    clip = folder / "clip.mp4"
+    write_stream(clip, CLIP_SEGMENTS, fps=25, size=(320, 240), seed=3)
+    (folder / "check.toml").write_text(
+        f'device_id = "arm64-check"\nsite = "ci"\nstate_dir = "{folder / "state"}"\n\n'
+        f'[model]\nbundle = "builtin"\n\n[[cameras]]\nid = "clip"\nsource = "{clip}"\n'
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) == 2 and args[0] == "prepare":
+        prepare(Path(args[1]))
+        return 0
+    if len(args) != 3 or args[0] not in ("events", "check"):
+        print(__doc__.split("Usage")[1], file=sys.stderr)
+        return 2
+    x86, arm64 = (Path(p).read_text() for p in args[1:])
+    if args[0] == "check":
+        problems = compare_check(x86, arm64)
+        summary = f"{len(x86.splitlines())} check line(s) agree"
+    else:
+        ours, theirs = load_events(x86), load_events(arm64)
+        problems = compare_events(ours, theirs)
+        if not ours:
+            problems.append("no event on x86: nothing was compared")
+        diff = max_differences(ours, theirs)
+        summary = (f"{len(_incidents(ours))} incident(s), {len(ours)} message(s) agree; largest score difference "
+                   f"{diff['score']:.4f}, largest time difference {diff['time_s']:.2f} s")
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        print(f"{problems[0]}{more}")
+        return 1
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The ``flow`` representation: what its statistics measure, and that training and the device compute the same.
+
+Flow statistics were chosen because they describe how motion is organised rather than how much of
+it a camera sees (issue 10); the unit tests pin that property on controlled motion, the rest prove
+the converter's windows equal the device's and that a flow bundle runs in both runtimes.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from converter import dataset as ds
+from converter.runs import find_run, held_out
+from converter.sampling import WindowSampling
+from edge.adapters.runtime import BundleModel
+from edge.bundle import read_manifest
+from edge.preprocess import FLOW_FEATURES, SCALE, flow_features, input_shape, model_input, window_inputs
+from tests.fixtures_models import tflite_python
+
+ENTROPY, COHERENCE = FLOW_FEATURES.index("entropy90"), FLOW_FEATURES.index("coherence90")
+
+
+def _texture(size: int, seed: int = 0) -> np.ndarray:
+    """A smooth random texture (float RGB 0..1) that optical flow can follow."""
+    rng = np.random.default_rng(seed)
+    noise = cv2.GaussianBlur(rng.random((size, size)).astype(np.float32), (0, 0), 2.0)
+    noise = (noise - noise.min()) / (noise.max() - noise.min())
+    grey = np.rint(noise * 255.0).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2).astype(np.float32) * np.float32(SCALE)
+
+
+Region = tuple[slice, slice]
+
+
+def _moved(image: np.ndarray, shifts: list[tuple[Region, tuple[int, int]]]) -> np.ndarray:
+    """``image`` with each region replaced by the texture shifted by (dy, dx) pixels: rigid motion per region."""
+    out = image.copy()
+    for region, (dy, dx) in shifts:
+        out[region] = np.roll(image, (dy, dx), axis=(0, 1))[region]
+    return out
+
+
+def test_no_previous_frame_reads_as_no_motion() -> None:
+    first = flow_features(_texture(64), None)
+    assert first.shape == (len(FLOW_FEATURES),) and first.dtype == np.float32
+    assert (first[ENTROPY], first[COHERENCE]) == (0.0, 1.0)
+
+
+def test_one_way_motion_is_coherent_and_opposed_motions_are_not() -> None:
+    frame = _texture(64)
+    whole = (slice(None), slice(None))
+    walking = flow_features(_moved(frame, [(whole, (0, 2))]), frame)
+    quads = [((slice(0, 32), slice(0, 32)), (2, 0)), ((slice(0, 32), slice(32, 64)), (0, -2)),
+             ((slice(32, 64), slice(0, 32)), (-2, 0)), ((slice(32, 64), slice(32, 64)), (0, 2))]
+    scuffle = flow_features(_moved(frame, quads), frame)
+    assert walking[COHERENCE] > 0.9 and walking[ENTROPY] < 0.4  # one direction, split over two bins at most
+    assert scuffle[COHERENCE] < 0.5 and scuffle[ENTROPY] > walking[ENTROPY] + 0.3
+
+
+def test_statistics_barely_change_with_the_size_of_the_motion() -> None:
+    """The point of the representation: twice the movement (a nearer person) is not a different scene."""
+    frame = _texture(64, seed=3)
+    whole = (slice(None), slice(None))
+    near = flow_features(_moved(frame, [(whole, (0, 3))]), frame)
+    far = flow_features(_moved(frame, [(whole, (0, 1))]), frame)
+    assert abs(near[ENTROPY] - far[ENTROPY]) < 0.15
+    assert abs(near[COHERENCE] - far[COHERENCE]) < 0.1
+
+
+def test_model_input_shape_is_a_vector() -> None:
+    assert input_shape("flow", 64, 64) == (len(FLOW_FEATURES),)
+    assert input_shape("diff", 64, 48) == (64, 48, 3)
+    frames = [_texture(64, seed=i) for i in range(4)]
+    assert window_inputs(frames, "flow").shape == (3, len(FLOW_FEATURES))
+
+
+@pytest.mark.slow
+def test_training_windows_equal_the_device_windows(synth_data: Path, frame_cache: Path) -> None:
+    """The converter caches flow per frame pair; its windows must be exactly the device's window_inputs."""
+    data = ds.load_dataset(synth_data, frames=20, size=64, cache_dir=frame_cache)
+    sampling = WindowSampling("spread", 20)
+    for item in data.clips[:4]:
+        for flip in (False, True):
+            idx = sampling.eval_indices(len(item.frames), item.fps)[0]
+            prepared = item.frames[idx].astype(np.float32) * np.float32(SCALE)
+            if flip:
+                prepared = prepared[:, :, ::-1]
+            device = window_inputs(list(prepared), "flow")
+            assert np.array_equal(ds.window_at(item, idx, "flow", flip), device)
+            assert np.array_equal(ds.window_at(item, idx, "flow", flip), device)  # the cached second call too
+        assert np.array_equal(model_input(prepared[1], prepared[0], "flow"), device[0])
+
+
+@pytest.mark.slow
+def test_a_flow_bundle_runs_in_both_runtimes(
+    bundle_factory: Callable[..., Path], flow_run: Path, frame_cache: Path, tmp_path: Path
+) -> None:
+    bundle = bundle_factory("dynamic", "flow")
+    manifest = read_manifest(bundle)
+    assert (manifest.input.representation, manifest.input.channels) == ("flow", len(FLOW_FEATURES))
+    assert manifest.budget is not None and manifest.budget.mac_per_frame < 1e5
+    run, split = find_run(flow_run / "model.keras")  # type: ignore[misc]
+    data = held_out(run, split, None, frame_cache)
+    windows = ds.windows(data.clips, 20, "flow")
+    model = BundleModel(bundle, runtime="ai-edge-litert")
+    ours = np.stack([model.predict_window(w) for w in windows])
+    assert np.allclose(ours.sum(axis=1), 1.0, atol=1e-4)
+    if tflite_python() is None:
+        pytest.skip("RCLSTM_TFLITE_PYTHON is not set (the tflite-runtime 2.14 environment)")
+    assert {check.runtime for check in manifest.verified_runtimes} == {"ai-edge-litert", "tflite-runtime"}
+    np.savez(tmp_path / "in.npz", windows=windows)
+    done = subprocess.run([str(tflite_python()), "-m", "edge.verify", str(bundle), str(tmp_path / "in.npz"),
+                           str(tmp_path / "out.npz"), "--runtime", "tflite-runtime"],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    with np.load(tmp_path / "out.npz") as theirs:
+        assert float(np.abs(theirs["probs"] - ours).max()) <= 1 / 256
