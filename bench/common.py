@@ -187,28 +187,28 @@ def run_daemon(work: Path, cameras: list[dict[str, Any]], bundle: Path, *, broke
     daemon = launch(config, work, python=python)
     if on_started is not None:
         on_started(daemon)
-    deadline = t0 + DAEMON_TIMEOUT_S
+    cpu_s, peak_mb = _measured(daemon.proc, t0 + DAEMON_TIMEOUT_S)
+    if daemon.proc.returncode != 0:
+        raise RuntimeError(f"daemon ({runtime}) exited with {daemon.proc.returncode}: {daemon.stderr[-500:]}")
+    return DaemonRun(cpu_s=cpu_s, max_rss_mb=peak_mb, wall_s=time.monotonic() - t0, started=started,
+                     stderr=daemon.stderr)
+
+
+def _measured(proc: subprocess.Popen[bytes], deadline: float) -> tuple[float, float]:
+    """Wait for a child (SIGTERM at ``deadline``); its CPU seconds, all threads, from wait4, and peak RSS in MB."""
     peak_kb = 0
     while True:
-        peak_kb = max(peak_kb, _high_water_kb(daemon.proc.pid))
-        pid, status, usage = os.wait4(daemon.proc.pid, os.WNOHANG)
+        peak_kb = max(peak_kb, _high_water_kb(proc.pid))
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
         if time.monotonic() > deadline:
-            daemon.proc.send_signal(signal.SIGTERM)
-            pid, status, usage = os.wait4(daemon.proc.pid, 0)
+            proc.send_signal(signal.SIGTERM)
+            pid, status, usage = os.wait4(proc.pid, 0)
             break
-        time.sleep(0.05)
-    daemon.proc.returncode = os.waitstatus_to_exitcode(status)
-    if daemon.proc.returncode != 0:
-        raise RuntimeError(f"daemon ({runtime}) exited with {daemon.proc.returncode}: {daemon.stderr[-500:]}")
-    return DaemonRun(
-        cpu_s=usage.ru_utime + usage.ru_stime,
-        max_rss_mb=peak_kb / 1024,
-        wall_s=time.monotonic() - t0,
-        started=started,
-        stderr=daemon.stderr,
-    )
+        time.sleep(0.02)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_utime + usage.ru_stime, peak_kb / 1024
 
 
 def _high_water_kb(pid: int) -> int:
@@ -222,14 +222,13 @@ def _high_water_kb(pid: int) -> int:
     return int(match.group(1)) if match else 0
 
 
-def child_cpu(argv: list[str]) -> float:
-    """Run a command to the end; the CPU seconds of that child alone."""
+def child_usage(argv: list[str]) -> tuple[float, float]:
+    """Run a command to the end; (CPU seconds, peak RSS in MB) of that child alone."""
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    usage = _measured(proc, time.monotonic() + DAEMON_TIMEOUT_S)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited with {proc.returncode}")
-    return usage.ru_utime + usage.ru_stime
+    return usage
 
 
 def write_results(path: Path, info: dict[str, Any], tables: list[Table], settings: dict[str, Any]) -> None:

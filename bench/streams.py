@@ -1,10 +1,11 @@
 """Camera-like test streams built from real clips: 25 fps, 640x360, normal footage with spliced segments.
 
 A benchmark of a video pipeline is only as honest as its video: decode cost depends on codec,
-resolution and motion. So the streams are made of the dataset's own clips, resized to a common
-camera resolution and resampled in time to 25 fps, and encoded as H.264 (what IP cameras send)
-when an ffmpeg with libx264 is installed, else as MPEG-4 part 2 (OpenCV's only built-in encoder,
-cheaper to decode; the JSON records which). Streams are written once into the cache and reused.
+resolution and motion. So the streams are made of the dataset's own clips, resized to a camera
+resolution and resampled in time to 25 fps, and encoded as a camera would send them: H.264 (what IP
+cameras send; with ffmpeg's libx264, else GStreamer's x264enc, else MPEG-4 part 2, and the JSON
+records which), MPEG-4 part 2 or MJPEG (OpenCV's own encoders). Streams are written once into the
+cache and reused.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 FPS = 25.0
 SIZE = (640, 360)
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov")
+CODECS = ("h264", "mpeg4", "mjpeg")
 Segment = tuple[str, float]  # (class folder, seconds)
 Span = tuple[str, float, float]  # (class folder, start_s, end_s)
 
@@ -50,19 +52,18 @@ def _resampled(path: Path, size: tuple[int, int]) -> Iterator[np.ndarray]:
 
 
 class _Writer:
-    """H.264 through ffmpeg's libx264 when available, else OpenCV's MPEG-4 part 2."""
+    """H.264 through ffmpeg's libx264 or GStreamer's x264enc (fed raw frames on stdin), else OpenCV's encoders."""
 
-    def __init__(self, path: Path, size: tuple[int, int]) -> None:
-        self.codec = "h264" if _has_x264() else "mpeg4"
+    def __init__(self, path: Path, size: tuple[int, int], codec: str) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
         self.writer: cv2.VideoWriter | None = None
-        if self.codec == "h264":
-            self.proc = subprocess.Popen(
-                ["ffmpeg", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s",
-                 f"{size[0]}x{size[1]}", "-r", str(FPS), "-i", "-", "-c:v", "libx264", "-preset", "veryfast",
-                 "-g", "50", "-pix_fmt", "yuv420p", str(path)], stdin=subprocess.PIPE)
+        command = h264_command(path, size) if codec == "h264" else None
+        self.codec = "h264" if command else "mpeg4" if codec == "h264" else codec
+        if command:
+            self.proc = subprocess.Popen(command, stdin=subprocess.PIPE)
         else:
-            self.writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, size)
+            fourcc = "MJPG" if self.codec == "mjpeg" else "mp4v"
+            self.writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), FPS, size)
 
     def write(self, frame: np.ndarray) -> None:
         if self.proc is not None and self.proc.stdin is not None:
@@ -74,36 +75,50 @@ class _Writer:
         if self.proc is not None and self.proc.stdin is not None:
             self.proc.stdin.close()
             if self.proc.wait() != 0:
-                raise OSError("ffmpeg could not encode the benchmark stream")
+                raise OSError("the H.264 encoder could not encode the benchmark stream")
         if self.writer is not None:
             self.writer.release()
+
+
+def h264_command(path: Path, size: tuple[int, int]) -> list[str] | None:
+    """An encoder reading BGR frames at 25 fps on stdin and writing H.264 (a camera's GOP: 2 s), or None."""
+    width, height = size
+    if shutil.which("ffmpeg"):
+        done = subprocess.run(["ffmpeg", "-hide_banner", "-encoders"], capture_output=True, text=True, check=False)
+        if "libx264" in done.stdout:
+            return ["ffmpeg", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s",
+                    f"{width}x{height}", "-r", str(FPS), "-i", "-", "-c:v", "libx264", "-preset", "veryfast",
+                    "-g", "50", "-pix_fmt", "yuv420p", str(path)]
+    if shutil.which("gst-launch-1.0"):
+        done = subprocess.run(["gst-inspect-1.0", "x264enc"], capture_output=True, check=False)
+        if done.returncode == 0:
+            return ["gst-launch-1.0", "-q", "fdsrc", "fd=0", "!", "rawvideoparse", "format=bgr",
+                    f"width={width}", f"height={height}", f"framerate={int(FPS)}/1", "!", "videoconvert", "!",
+                    "video/x-raw,format=I420", "!", "x264enc", "speed-preset=veryfast", "key-int-max=50", "!",
+                    "mp4mux", "!", "filesink", f"location={path}"]
+    return None
 
 
 def _key(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
 
 
-def _has_x264() -> bool:
-    if not shutil.which("ffmpeg"):
-        return False
-    done = subprocess.run(["ffmpeg", "-hide_banner", "-encoders"], capture_output=True, text=True, check=False)
-    return "libx264" in done.stdout
-
-
-def build_stream(data: Path, segments: list[Segment], cache: Path, size: tuple[int, int] = SIZE) -> dict:
+def build_stream(data: Path, segments: list[Segment], cache: Path, size: tuple[int, int] = SIZE,
+                 codec: str = "h264") -> dict:
     """Write (once) a stream of consecutive segments of real clips; returns its path, spans, frames and codec.
 
     Each class's clips are taken in name order, continuing where the previous segment of that class
     stopped, so a stream never shows the same clip twice until a class runs out.
     """
-    path = cache / f"stream-{_key(str(Path(data).resolve()), segments, size)}.mp4"
+    suffix = ".avi" if codec == "mjpeg" else ".mp4"
+    path = cache / f"stream-{_key(str(Path(data).resolve()), segments, size, codec)}{suffix}"
     meta_path = path.with_suffix(".json")
     if path.is_file() and meta_path.is_file():
         return json.loads(meta_path.read_text())
     cache.mkdir(parents=True, exist_ok=True)
     queues = {label: clips(data, label) for label in {label for label, _ in segments}}
     used = dict.fromkeys(queues, 0)
-    writer = _Writer(path, size)
+    writer = _Writer(path, size, codec)
     frames, spans = 0, []
     try:
         for label, seconds in segments:

@@ -61,15 +61,16 @@ def test_model_cost_rows_compare_three_paths_on_the_same_windows(quick_results: 
 
 def test_pipeline_memory_and_scaling_figures_are_sane(quick_results: dict) -> None:
     tables = quick_results["tables"]
-    overhead = {r["pipeline"]: r for r in tables["pipeline_overhead"]["rows"]}
-    # Quick streams are a few seconds long, so the marginal (long - short) figure is noise-sized and may
-    # even come out negative; what must hold is that both pipelines were measured on both streams.
-    for name in ("bare OpenCV decode", "daemon --fast"):
-        row = overhead[name]
-        assert row["cpu_s_long"] > 0 and row["cpu_s_short"] > 0
-        assert isinstance(row["cpu_s_per_video_s"], float) and isinstance(row["overhead_vs_decode"], str)
-    assert 0 < overhead["daemon, real-time pacing"]["fps_held"] <= 26
-    assert tables["pipeline_overhead"]["stream"]["size"] == [640, 360]
+    overhead = {r["stream"]: r for r in tables["pipeline_overhead"]["rows"]}
+    # Quick streams are a few seconds long, so the marginal (long - short) figures are noise-sized and may
+    # even come out negative; what must hold is that every stream kind was measured on both sides.
+    assert list(overhead) == ["H.264 640x360", "H.264 1280x720", "MPEG-4 640x360", "MJPEG 640x360 over HTTP"]
+    for row in overhead.values():
+        assert all(isinstance(row[c], float) for c in ("read_ms", "daemon_ms", "ratio"))
+        assert row["goal_met"] in ("yes", "no") and 20 < row["daemon_rss_mb"] < 2000
+    assert overhead["MJPEG 640x360 over HTTP"]["codec"] == "mjpeg"
+    for detail in tables["pipeline_overhead"]["streams"]:
+        assert len(detail["ratios"]) == 1 and detail["long"]["seconds"] > detail["short"]["seconds"]
     runtimes = {r["runtime"]: r for r in tables["memory_startup"]["rows"]}
     assert "ai-edge-litert" in runtimes
     for row in runtimes.values():

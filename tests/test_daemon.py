@@ -18,6 +18,7 @@ from edge.core.messages import CameraStatus, Stats
 from edge.core.values import Output
 from edge.sinks.base import Sink
 from edge.synthetic import write_stream
+from testbed.mjpeg import MjpegCamera, read_jpegs
 
 
 class Recorder(Sink):
@@ -116,3 +117,31 @@ def test_a_camera_whose_chain_fails_makes_the_exit_code_1(tmp_path: Path, videos
     assert daemon.run() == 1
     assert daemon.workers[0].error == "RuntimeError: the sink broke"
     assert sink.closed_with == 3.0
+
+
+def test_an_mjpeg_camera_decodes_only_the_jpegs_it_samples_and_finds_the_fight(tmp_path: Path) -> None:
+    """A real HTTP MJPEG camera at 25 fps (the generated scene at 320x240, its JPEGs): the incident is found,
+    and the frames kept for it are the sampled JPEGs decoded at half size (still at least the model's 64x64)."""
+    video = tmp_path / "fight.avi"
+    write_stream(video, [("calm", 3), ("fight", 5), ("calm", 3)], fps=25, size=(320, 240))
+    camera = MjpegCamera(read_jpegs(video), fps=25)
+    sink = Recorder()
+    daemon = Daemon(config(tmp_path, {"yard": camera.url}), sink)
+
+    def stop_when_the_stream_ends() -> None:
+        while not any(not s.online for s in sink.statuses.get("yard", [])):
+            if daemon.stop_requested.wait(0.1):
+                return
+        daemon.stop_requested.set()
+
+    threading.Thread(target=stop_when_the_stream_ends, daemon=True).start()
+    try:
+        assert daemon.run() == 0
+    finally:
+        camera.close()
+    kinds = [o.event.type for o in sink.outputs["yard"]]
+    assert kinds[0] == "start" and kinds[-1] == "end"
+    peak = sink.outputs["yard"][-1].peak_frame
+    assert peak is not None and peak.shape == (120, 160, 3)
+    stats = sink.reports[-1].cameras["yard"]
+    assert stats.frames_in == 11 * 25 and 0 < stats.frames_sampled < stats.frames_in

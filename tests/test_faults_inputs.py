@@ -22,11 +22,16 @@ def _edge(*args: str, env: dict | None = None, timeout: float = 180) -> subproce
 
 
 def _raw_ffmpeg_lines(video: Path) -> int:
-    """How many lines FFmpeg writes to fd 2 decoding ``video`` through OpenCV on its own (no logger)."""
-    code = "import cv2, sys\ncap = cv2.VideoCapture(sys.argv[1])\nwhile cap.read()[0]:\n    pass\n"
+    """How many lines FFmpeg writes to fd 2 reading ``video`` as the daemon's source does (one decoder thread,
+    the packets read ahead for the sampler), with no logger in between."""
+    code = ("import sys, threading\nfrom edge.adapters.sources import CameraSource\n"
+            "from edge.core.config import CameraConfig\nfrom edge.stages.sampler import Sampler\n"
+            "sampler = Sampler(0.1)\ncamera = CameraConfig(id='c', source=sys.argv[1], realtime=False)\n"
+            "for frame in CameraSource(camera).frames(threading.Event(), sampler.could_take):\n"
+            "    sampler.offer(frame)\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCV_FFMPEG")}
     done = subprocess.run([sys.executable, "-c", code, str(video)], capture_output=True, text=True, env=env,
-                          timeout=120, check=True)
+                          timeout=120, check=True, cwd=ROOT)
     return len(done.stderr.splitlines())
 
 

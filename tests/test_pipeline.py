@@ -7,6 +7,7 @@ import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import cv2
 import jsonschema
 import numpy as np
 import pytest
@@ -18,6 +19,8 @@ from edge.core.messages import Event, message_json, schema
 from edge.core.values import Frame, OfflineReason, Output
 from edge.stages.pipeline import CameraPipeline
 from edge.synthetic import render_clip, write_stream
+from edge.tools.scan import scan
+from tests.media import retime_mp4
 
 START = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -166,3 +169,54 @@ def test_gap_closes_the_incident_and_needs_a_fresh_window(demo_model: BundleMode
     for frame in after:
         sink(chain.process(frame))
     assert chain.stats().windows == windows_before
+
+
+@pytest.mark.parametrize("steps", [[1], [1, 1, 2, 1, 3, 1, 1]])
+def test_decoding_only_sampled_frames_gives_the_same_events(tmp_path: Path, demo_model: BundleModel,
+                                                            steps: list[int]) -> None:
+    """The daemon's chain decodes only the frames its sampler may take; replay (a frame hook) decodes all.
+
+    On a constant-rate and a re-timed variable-rate encoding of a fight, both give the same events:
+    everything but the incident's id and the wall clock the file is anchored to at the start of reading.
+    """
+    video = tmp_path / "stream.mp4"
+    write_stream(video, [("calm", 6), ("fight", 5), ("calm", 6)])
+    retime_mp4(video, steps)
+    camera = CameraConfig(id="door", source=str(video), kind="file", realtime=False)
+    runs = []
+    for hook in (lambda *_: None, None):
+        result = scan(camera, DecisionConfig(), ClassifierConfig(), demo_model, "pi-7", "store 12", on_frame=hook)
+        runs.append((
+            [e.model_dump(exclude={"event_id", "started_at", "ended_at", "emitted_at"}) for e in result.events],
+            [(t.kind, t.ts, t.peak_ts) for t in result.transitions],
+            [(w.ts, w.score) for w in result.windows], result.frames, result.scene_cuts,
+        ))
+    assert runs[0] == runs[1]
+    kinds = [e["type"] for e in runs[0][0]]
+    assert kinds[0] == "start" and kinds[-1] == "end"
+
+
+def test_mjpeg_frames_are_decoded_once_sampled_at_a_reduced_size(demo_model: BundleModel) -> None:
+    """An MJPEG camera's JPEGs reach the chain undecoded; it decodes the sampled ones at the smallest size the
+    model's input allows (here half), and finds the same incident as full-size decoding of the same JPEGs."""
+    frames = synthetic_frames("calm", 4, seed=1) + synthetic_frames("fight", 5, t0=4.0, seed=2)
+    jpegs = [cv2.imencode(".jpg", cv2.resize(f.image, (320, 240)))[1].tobytes() for f in frames]
+    runs = []
+    for reduced in (False, True):
+        sink, scores = Sink(), []
+        chain = pipeline(demo_model)
+        chain.on_window = lambda p, scores=scores: scores.append(p.anomaly_score)
+        for frame, jpeg in zip(frames, jpegs, strict=True):
+            if reduced:
+                sink(chain.process(Frame(None, frame.ts, frame.wall, encoded=jpeg)))
+            else:
+                sink(chain.process(Frame(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR), frame.ts,
+                                         frame.wall)))
+        sink(chain.finish())
+        peak = sink.outputs[-1].peak_frame
+        assert peak is not None
+        runs.append(([e.type for e in sink.events], scores, peak.shape))
+    (kinds, full_scores, full_shape), (reduced_kinds, reduced_scores, reduced_shape) = runs
+    assert kinds == reduced_kinds and kinds[0] == "start" and kinds[-1] == "end"
+    assert np.abs(np.array(full_scores) - reduced_scores).max() < 0.1
+    assert (full_shape, reduced_shape) == ((240, 320, 3), (120, 160, 3))

@@ -12,6 +12,8 @@ from converter import dataset as ds
 from edge.preprocess import (
     FrameError,
     channels_for,
+    decode_jpeg,
+    jpeg_size,
     model_input,
     prepare_frame,
     shrink,
@@ -112,3 +114,28 @@ def test_changed_fraction_equals_the_plain_channel_max() -> None:
         delta = np.abs(a - b)
         plain = delta if delta.ndim == 2 else delta.max(axis=-1)
         assert changed_fraction(a, b) == float(np.mean(plain > SCENE_PIXEL_DELTA))
+
+
+@pytest.mark.parametrize(("size", "needed", "decoded"), [
+    ((640, 360), (64, 64), (160, 90)),  # 1/4: still at least the model's input
+    ((1920, 1080), (64, 64), (240, 135)),  # 1/8
+    ((640, 360), (1280, 720), (640, 360)),  # snapshots want all of it
+    ((1920, 1080), (1280, 720), (1920, 1080)),
+    ((3840, 2160), (1280, 720), (1920, 1080)),
+])
+def test_a_jpeg_is_decoded_at_the_smallest_size_that_serves(size: tuple[int, int], needed: tuple[int, int],
+                                                           decoded: tuple[int, int]) -> None:
+    image = cv2.resize(render_clip("calm", 1, 320, 180, np.random.default_rng(0))[0], size)
+    data = cv2.imencode(".jpg", image)[1].tobytes()
+    assert jpeg_size(data) == size
+    out = decode_jpeg(data, *needed)
+    assert out is not None and (out.shape[1], out.shape[0]) == decoded
+    # What was decoded is the picture, smaller: a full decode shrunk to the same size is close to it.
+    full = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    full = cv2.resize(full, decoded, interpolation=cv2.INTER_AREA)
+    assert np.abs(full.astype(int) - out).mean() < 3
+
+
+def test_what_is_not_a_jpeg_decodes_to_nothing() -> None:
+    assert decode_jpeg(b"\xff\xd8 not a jpeg", 64, 64) is None
+    assert jpeg_size(b"GIF89a") is None

@@ -122,3 +122,33 @@ def test_variable_rate_camera_properties(gaps: list[float], interval: float) -> 
         assert len(picked) >= duration / interval - 1
         for k, ts in enumerate(picked):
             assert abs(ts - (timestamps[0] + k * interval)) <= interval / 4 + 1e-9
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    gaps=st.lists(st.floats(min_value=-0.05, max_value=0.6), min_size=2, max_size=300),
+    interval=st.floats(min_value=0.05, max_value=1.0),
+    reset_at=st.integers(min_value=0, max_value=300),
+)
+def test_could_take_says_which_frames_will_be_returned(gaps: list[float], interval: float, reset_at: int) -> None:
+    """Asked before each frame with the next frame's timestamp, the answer is exactly whether that frame is
+    ever returned; when the next one settles nothing (None, a timestamp that does not follow, a reset between),
+    every frame that will be returned is among the yes answers. Any rate, timestamps that go back, a reset."""
+    timestamps = [float(t) for t in np.cumsum(gaps)]
+    sampler = Sampler(interval)
+    said, said_unknown, returned = {}, {}, set()
+    for i, ts in enumerate(timestamps):
+        if i == reset_at:
+            sampler.reset()
+        upcoming = timestamps[i + 1] if i + 1 < len(timestamps) and i + 1 != reset_at else None
+        said[i] = sampler.could_take(ts, upcoming)
+        said_unknown[i] = sampler.could_take(ts, None)
+        frame = Frame(PIXEL, ts, START, model_image=np.full(1, i))
+        out = sampler.offer(frame)
+        if out is not None:
+            assert out.model_image is not None
+            returned.add(int(out.model_image[0]))
+    # Exact where the next frame is known and settles this one: it follows it, with no reset between.
+    known = {i for i in range(len(timestamps) - 1) if timestamps[i + 1] > timestamps[i] and i + 1 != reset_at}
+    assert {i for i in known if said[i]} == returned & known
+    assert returned <= {i for i, yes in said.items() if yes} & {i for i, yes in said_unknown.items() if yes}

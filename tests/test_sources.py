@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
+import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -27,6 +30,12 @@ from edge.adapters.sources import (
 )
 from edge.core.config import CameraConfig
 from edge.core.values import Frame, OfflineReason, SourceState
+from edge.preprocess import decode_jpeg, jpeg_size
+from edge.stages.sampler import Sampler
+from edge.synthetic import render_clip
+from edge.synthetic import write_video as write_clip
+from testbed.mjpeg import BOUNDARY, jpeg_part
+from tests.media import read_frames, retime_mp4
 
 SIZE = (64, 48)  # width, height
 
@@ -61,12 +70,16 @@ class States:
 
 
 def collect(source: CameraSource, stop: threading.Event, limit: int) -> list[Frame]:
-    frames = []
-    for frame in source.frames(stop):
-        frames.append(frame)
-        if len(frames) >= limit:
+    return collect_frames(source.frames(stop), stop, limit)
+
+
+def collect_frames(frames: Iterator[Frame], stop: threading.Event, limit: int) -> list[Frame]:
+    collected = []
+    for frame in frames:
+        collected.append(frame)
+        if len(collected) >= limit:
             stop.set()
-    return frames
+    return collected
 
 
 def test_file_is_decoded_with_its_own_timestamps_and_ends(tmp_path: Path) -> None:
@@ -169,10 +182,90 @@ def test_missing_file_error_names_the_camera_and_the_fix(tmp_path: Path) -> None
         read_one(CameraConfig(id="door", source=str(garbage)), timeout=2.0)
 
 
+@pytest.mark.parametrize(("size", "setting", "threads"), [((640, 360), None, 1), ((1280, 736), None, 2),
+                                                       ((1280, 736), 1, 1), ((640, 360), 3, 3)])
+def test_decoder_threads_are_one_up_to_720p_two_above_unless_set(tmp_path: Path, size: tuple[int, int],
+                                                                  setting: int | None, threads: int) -> None:
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, size)
+    for _ in range(3):
+        writer.write(np.zeros((size[1], size[0], 3), np.uint8))
+    writer.release()
+    capture = open_capture(CameraConfig(id="door", source=str(video), decoder_threads=setting))
+    try:
+        assert capture.get(cv2.CAP_PROP_N_THREADS) == threads
+        assert capture.read()[1].shape == (size[1], size[0], 3)
+    finally:
+        capture.release()
+
+
 def test_read_one_returns_a_usable_frame(tmp_path: Path) -> None:
     video = write_video(tmp_path / "clip.mp4", 5, 10.0)
     frame = read_one(CameraConfig(id="door", source=str(video)), timeout=5.0)
     assert frame.image.shape == (48, 64, 3) and index_of(frame) == 0
+
+
+# --- decoding only what the sampler may take -----------------------------------------------------------
+
+
+def variable_rate_h264(path: Path) -> Path:
+    """A real variable-frame-rate H.264 file with B-frames (packets out of presentation order): GStreamer's
+    x264 encoder fed a 25 fps scene with 40 % of its frames dropped at random, keeping their timestamps."""
+    if shutil.which("gst-launch-1.0") is None:
+        pytest.skip("needs GStreamer (gstreamer1.0-tools, -plugins-ugly for x264enc; .ci/run installs them)")
+    subprocess.run(["gst-launch-1.0", "-q", "videotestsrc", "num-buffers=300", "pattern=ball", "!",
+                    "video/x-raw,width=320,height=240,framerate=25/1", "!", "identity", "drop-probability=0.4", "!",
+                    "x264enc", "bframes=2", "!", "mp4mux", "!", "filesink", f"location={path}"],
+                   check=True, timeout=120)
+    return path
+
+
+def variable_rate_mpeg4(path: Path) -> Path:
+    """Generated scenes in MPEG-4 part 2, re-timed so frames last 1, 2 or 3 periods: a real VFR file."""
+    rng = np.random.default_rng(5)
+    write_clip(path, render_clip("calm", 60, 160, 120, rng) + render_clip("fight", 60, 160, 120, rng), 25.0)
+    return retime_mp4(path, [1, 1, 2, 1, 3, 1, 1])
+
+
+def sampled(camera: CameraConfig, interval: float, only_used: bool) -> tuple[list[tuple[float, str]], int, int]:
+    """(timestamp and pixel digest of each sampled frame, frames read, frames converted)."""
+    sampler = Sampler(interval)
+    picks, read, converted = [], 0, 0
+    for frame in CameraSource(camera).frames(threading.Event(), sampler.could_take if only_used else None):
+        read += 1
+        converted += frame.image is not None
+        pick = sampler.offer(frame)
+        if pick is not None:
+            assert pick.image is not None, f"the frame at {pick.ts}s was sampled but not converted"
+            picks.append((pick.ts, hashlib.sha256(pick.image.tobytes()).hexdigest()))
+    return picks, read, converted
+
+
+def test_a_looped_file_read_for_the_sampler_samples_the_same_frames_on_every_pass(tmp_path: Path) -> None:
+    video = variable_rate_mpeg4(tmp_path / "vfr.mp4")
+    camera = CameraConfig(id="door", source=str(video), realtime=False, loop=True)
+    picks = []
+    for only_used in (False, True):
+        sampler, stop = Sampler(0.1), threading.Event()
+        frames = CameraSource(camera).frames(stop, sampler.could_take if only_used else None)
+        taken = [sampler.offer(f) for f in collect_frames(frames, stop, 250)]  # two passes and a bit
+        picks.append([(f.ts, hashlib.sha256(f.image.tobytes()).hexdigest()) for f in taken
+                      if f is not None and f.image is not None])
+        assert sum(f is not None for f in taken) == len(picks[-1])
+    assert picks[0] == picks[1]
+    assert 2 * len(read_frames(video)[0]) < 250  # more than two passes: the read-ahead restarts with each
+
+
+@pytest.mark.parametrize("make", [variable_rate_h264, variable_rate_mpeg4, None])
+@pytest.mark.parametrize("interval", [0.1, 0.13])
+def test_decoding_only_frames_the_sampler_may_take_samples_the_same_frames(tmp_path: Path, make, interval) -> None:
+    video = make(tmp_path / "vfr.mp4") if make else write_video(tmp_path / "cfr.avi", 90, 25.0, "MJPG")
+    camera = CameraConfig(id="door", source=str(video), realtime=False)
+    every, read, converted = sampled(camera, interval, only_used=False)
+    assert converted == read
+    used, read_again, converted_used = sampled(camera, interval, only_used=True)
+    assert used == every and read_again == read
+    assert len(every) <= converted_used < read * 0.75, (len(every), converted_used, read)
 
 
 # --- HTTP MJPEG -------------------------------------------------------------------------------------
@@ -192,18 +285,17 @@ class MjpegServer:
             def do_GET(self) -> None:
                 connection = next(server.connections)
                 self.send_response(200)
-                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
                 self.end_headers()
                 for i in range(server.frames_per_connection):
                     # Brightness says which connection the frame came from.
                     image = np.full((SIZE[1], SIZE[0], 3), 40 * connection + i, np.uint8)
-                    jpeg = cv2.imencode(".jpg", image)[1].tobytes()
-                    head = f"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
+                    part = jpeg_part(cv2.imencode(".jpg", image)[1].tobytes())
                     if server.mode == "close-mid-frame" and i == server.frames_per_connection - 1:
-                        self.wfile.write(head + jpeg[: len(jpeg) // 3])
+                        self.wfile.write(part[: len(part) // 2])
                         self.wfile.flush()
                         return  # the connection closes in the middle of a JPEG
-                    self.wfile.write(head + jpeg + b"\r\n")
+                    self.wfile.write(part)
                     self.wfile.flush()
                     if server.release.wait(0.02):
                         return
@@ -257,6 +349,17 @@ def test_lost_mjpeg_stream_is_reopened(mjpeg_server: MjpegServer) -> None:
     lost = [reason for online, reason in states.calls if not online]
     assert lost[0].startswith("read failed") and lost[-1] == "stopped"
     assert [online for online, _ in states.calls[:4]] == [True, False, True, False]
+
+
+@pytest.mark.parametrize("mjpeg_server", ["hang"], indirect=True)
+def test_mjpeg_camera_read_for_the_sampler_hands_over_undecoded_jpegs(mjpeg_server: MjpegServer) -> None:
+    """Whatever the sampler may take: a JPEG costs nothing to keep, and only the sampled ones are decoded."""
+    stop = threading.Event()
+    source = CameraSource(CameraConfig(id="yard", source=mjpeg_server.url, read_timeout_s=0.5), backoff_start_s=0.05)
+    frames = collect_frames(source.frames(stop, lambda ts, next_ts: False), stop, 4)
+    assert all(f.image is None and f.encoded is not None and jpeg_size(f.encoded) == SIZE for f in frames)
+    decoded = [decode_jpeg(f.encoded, *SIZE) for f in frames if f.encoded is not None]
+    assert [int(d.mean()) for d in decoded if d is not None] == [0, 1, 2, 3]
 
 
 def test_refused_stream_url_fails_fast_with_password_hidden() -> None:

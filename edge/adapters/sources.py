@@ -14,10 +14,21 @@ the same events as one played in real time. Read faster than real time (``realti
 reading started (as if it had just been recorded), and a wall time is never later than the clock
 (a looped or unmeasured file is clamped to now): no event time lies in the future. A live frame
 carries ``time.monotonic()`` and the UTC time it was read.
+
+Decoding only what is used: a source given ``wanted`` (the sampler's ``could_take``) grabs every
+frame, which decodes it (H.264 and MPEG-4 frames depend on each other), but converts it to a BGR
+image (``retrieve``) only when the sampler could take it; the others are offered with no pixels, so
+the sampler still sees every timestamp and picks exactly the frames it picked before. Whether a frame
+can be taken depends on the timestamp of the frame after it, so a file's next timestamp is read
+ahead from its packets (``_Positions``, no decoding); a live H.264 stream's next frame has not
+arrived yet, so its frames are all converted. An HTTP MJPEG camera is read as JPEG packets
+(OpenCV's raw mode) and only the JPEGs the sampler takes are decoded, by the pipeline, at the
+smallest size the model and snapshots allow.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import os
@@ -29,6 +40,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import cv2
+import numpy as np
 
 from edge.core.config import CameraConfig, parse_source
 from edge.core.values import Frame, OfflineReason, SourceState
@@ -45,11 +57,21 @@ HEALTHY_S = 30.0  # a source that delivered frames this long starts its next bac
 HEARTBEAT_SLICE_S = 1.0  # backoff waits are cut into slices this long so the heartbeat keeps moving
 DEFAULT_FPS = 25.0
 V4L2_RETRY_S = 0.1  # pause between V4L2 reads that failed before the camera's own read timeout
+# Decoder threads when ``decoder_threads`` is not set: one up to 720p (a thread of its own costs CPU in
+# hand-offs and buys nothing a camera's sub-stream needs), two above, which a Pi 4 needs for a 1080p
+# main stream at 25 fps (docs/performance.md has the estimate).
+AUTO_THREADS_MAX_PIXELS = 1280 * 720
+AUTO_THREADS_LARGE = 2
+# H.264 shows a frame at most 16 frames after its place in the file (its largest reorder buffer), so
+# the next frame's position is among the next 16 packets read ahead.
+REORDER_DEPTH = 16
 # A file played in real time that falls this far behind (a slow consumer) restarts its pacing clock
 # instead of rushing through the backlog.
 MAX_PACING_LAG_S = 1.0
 
 StateCallback = Callable[[SourceState], None]
+# (a frame's timestamp, the next frame's or None when not known) -> whether its pixels may be used.
+Wanted = Callable[[float, float | None], bool]
 
 
 class SourceError(Exception):
@@ -89,8 +111,24 @@ def set_v4l2_select_timeout(cameras: Iterable[CameraConfig]) -> None:
         os.environ[V4L2_SELECT_TIMEOUT_ENV] = str(max(1, math.ceil(min(timeouts))))
 
 
-def open_capture(camera: CameraConfig) -> cv2.VideoCapture:
-    """An opened capture for the camera, with its timeouts in force; raises SourceError."""
+def open_capture(camera: CameraConfig, *, packets: bool = False) -> cv2.VideoCapture:
+    """An opened capture for the camera, with its timeouts and decoder threads in force; raises SourceError.
+
+    ``packets`` opens an MJPEG camera in OpenCV's raw mode: each frame is its JPEG, undecoded.
+    With ``decoder_threads`` unset, a stream larger than 720p is opened again with two threads
+    (FFmpeg takes the thread count only when the decoder opens, and the size is known only after).
+    """
+    capture = _open(camera, packets, camera.decoder_threads or 1)
+    if camera.decoder_threads is None and not packets and camera.resolved_kind() != "v4l2":
+        pixels = capture.get(cv2.CAP_PROP_FRAME_WIDTH) * capture.get(cv2.CAP_PROP_FRAME_HEIGHT)
+        if pixels > AUTO_THREADS_MAX_PIXELS:
+            capture.release()
+            capture = _open(camera, packets, AUTO_THREADS_LARGE)
+    return capture
+
+
+def _open(camera: CameraConfig, packets: bool, threads: int) -> cv2.VideoCapture:
+    """One attempt at opening, with everything FFmpeg must be told at open time (it ignores it later)."""
     kind = camera.resolved_kind()
     if kind == "v4l2":
         # The V4L2 backend refuses capture parameters it does not know, and it knows no timeouts.
@@ -106,6 +144,7 @@ def open_capture(camera: CameraConfig) -> cv2.VideoCapture:
             int(camera.open_timeout_s * 1000),
             cv2.CAP_PROP_READ_TIMEOUT_MSEC,
             int(camera.read_timeout_s * 1000),
+            *((cv2.CAP_PROP_FORMAT, -1) if packets else (cv2.CAP_PROP_N_THREADS, threads)),
         ]
         capture = cv2.VideoCapture(str(camera.source), cv2.CAP_FFMPEG, params)
         if kind == "file":
@@ -187,6 +226,55 @@ class StallWatch:
         return now - self._last_progress > self.timeout_s
 
 
+class _Positions:
+    """A file's frame positions (ms), read ahead from its packets without decoding them.
+
+    Packets come in decoding order; the frames come out in presentation order, at most
+    ``REORDER_DEPTH`` packets apart, so the next frame after a position is the smallest position
+    still pending once that many are. Costs a second read of the file's bytes and no decoding.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._capture: cv2.VideoCapture | None = cv2.VideoCapture(path, cv2.CAP_FFMPEG, [cv2.CAP_PROP_FORMAT, -1])
+        self._pending: list[float] = []  # a heap
+        if not self._capture.isOpened():
+            self.close()
+
+    def after(self, pos: float) -> float | None:
+        """The position of the frame after the one at ``pos``; None at the end of the file (or unknown)."""
+        pending = self._pending
+        while True:
+            while pending and pending[0] <= pos:
+                heapq.heappop(pending)
+            if self._capture is None or len(pending) >= REORDER_DEPTH:
+                return pending[0] if pending else None
+            if self._capture.grab():
+                heapq.heappush(pending, self._capture.get(cv2.CAP_PROP_POS_MSEC))
+            else:
+                self.close()
+
+    def close(self) -> None:
+        if self._capture is not None:
+            self._capture.release()
+            self._capture = None
+
+
+_Pixels = tuple[np.ndarray | None, bytes | None]  # (BGR image, JPEG); both None: not converted
+
+
+def _pixels(capture: cv2.VideoCapture, packets: bool, needed: bool) -> _Pixels | None:
+    """The grabbed frame's pixels if ``needed`` (its JPEG, in raw mode); None when they are unusable.
+
+    ``retrieve`` is the colour conversion of the frame ``grab`` decoded; skipping it is the saving.
+    """
+    if not needed:
+        return None, None
+    ok, data = capture.retrieve()
+    if not ok or data is None or data.size == 0:
+        return None
+    return (None, data.tobytes()) if packets else (data, None)
+
+
 class _End:
     """Why a pass over an opened capture stopped without a failure."""
 
@@ -229,23 +317,32 @@ class CameraSource:
         self._file_offset = 0.0  # stream time at which the current pass over a looped file starts
         self._streaming_since: float | None = None  # first frame of the current pass (monotonic)
 
-    def frames(self, stop: threading.Event) -> Iterator[Frame]:
-        """Frames until ``stop`` is set (or a non-looped file ends); source failures are retried, never raised."""
+    def frames(self, stop: threading.Event, wanted: Wanted | None = None) -> Iterator[Frame]:
+        """Frames until ``stop`` is set (or a non-looped file ends); source failures are retried, never raised.
+
+        With ``wanted``, a frame it declines comes without pixels and an MJPEG camera's frames come as
+        JPEGs (``Frame.encoded``); without it every frame is decoded (replay draws them all).
+        """
         backoff = self.backoff_start_s
         try:
             while not stop.is_set():
                 self._beat()
                 outcome: _End | str
                 self._streaming_since = None
+                packets = wanted is not None and self.kind == "mjpeg"
                 try:
-                    capture = open_capture(self.camera)
+                    capture = open_capture(self.camera, packets=packets)
                 except SourceError as exc:
                     outcome = str(exc)
                 else:
+                    read_ahead = wanted is not None and self.kind == "file"
+                    upcoming = _Positions(str(self.camera.source)) if read_ahead else None
                     try:
-                        outcome = yield from self._read(capture, stop)
+                        outcome = yield from self._read(capture, stop, wanted, upcoming, packets)
                     finally:
                         capture.release()
+                        if upcoming is not None:
+                            upcoming.close()
                 if outcome is END_OF_FILE:
                     self._set_state(SourceState.offline(OfflineReason.END_OF_FILE))
                     return
@@ -266,7 +363,14 @@ class CameraSource:
             if self.online:
                 self._set_state(SourceState.offline(OfflineReason.STOPPED))
 
-    def _read(self, capture: cv2.VideoCapture, stop: threading.Event) -> Iterator[Frame]:
+    def _read(
+        self,
+        capture: cv2.VideoCapture,
+        stop: threading.Event,
+        wanted: Wanted | None,
+        upcoming: _Positions | None,
+        packets: bool,
+    ) -> Iterator[Frame]:
         """Frames from one opened capture; returns END_OF_FILE, LOOP or the reason the source was lost."""
         camera = self.camera
         is_file = self.kind == "file"
@@ -285,9 +389,10 @@ class CameraSource:
         last_ts: float | None = None
         delivered = 0
         last_read = time.monotonic()
+        expected: float | None = None  # where _Positions said this frame would be
         while not stop.is_set():
             self._beat()
-            ok, image = capture.read()
+            ok = capture.grab()
             now = time.monotonic()
             if ok:
                 last_read = now
@@ -306,38 +411,53 @@ class CameraSource:
                 self._file_offset = (last_ts if last_ts is not None else self._file_offset) + period
                 return LOOP
             pos = capture.get(cv2.CAP_PROP_POS_MSEC)
-            if image is None or image.size == 0:
-                self.bad_frames += 1
-            elif not is_file and not watch.fresh(pos):
+            if upcoming is not None and expected is not None and pos != expected:
+                log.warning("camera %s: %s decodes frames its packets do not list; decoding every frame from here",
+                            camera.id, redact(camera.source))
+                upcoming.close()
+                upcoming = None
+            if not is_file and not watch.fresh(pos):
                 self.stale_frames += 1
             else:
-                watch.progress(now)
-                if is_file:
-                    ts = self._file_offset + pos / 1000.0
-                    if last_ts is not None and not ts > last_ts:  # a file with broken timestamps
-                        ts = last_ts + period
-                    assert self._file_start is not None
-                    wall = self._file_start + timedelta(seconds=ts)
-                    if not camera.realtime:  # a looped file, or one whose length is unknown: never ahead
-                        wall = min(wall, datetime.now(timezone.utc))
-                    if camera.realtime:
+                ts = self._file_offset + pos / 1000.0 if is_file else now
+                if is_file and last_ts is not None and not ts > last_ts:  # a file with broken timestamps
+                    ts = last_ts + period
+                next_ts = None
+                if upcoming is not None:
+                    expected = upcoming.after(pos)
+                    if expected is not None:  # an upper bound: a later next frame is never wrongly skipped
+                        next_ts = max(self._file_offset + expected / 1000.0, ts + period)
+                pixels = _pixels(capture, packets, packets or wanted is None or wanted(ts, next_ts))
+                if pixels is None:
+                    self.bad_frames += 1
+                else:
+                    watch.progress(now)
+                    wall = self._wall(ts) if is_file else datetime.now(timezone.utc)
+                    if is_file and camera.realtime:
                         if pacing is None or now - (pacing[0] + ts - pacing[1]) > MAX_PACING_LAG_S:
                             pacing = (now, ts)
                         elif stop.wait(max(0.0, pacing[0] + ts - pacing[1] - now)):
                             return "stopped"
-                else:
-                    ts, wall = now, datetime.now(timezone.utc)
-                last_ts = ts
-                if delivered == 0:
-                    self._streaming_since = now
-                delivered += 1
-                self._set_state(SourceState.streaming())
-                yield Frame(image, ts, wall)
-                continue
+                    last_ts = ts
+                    if delivered == 0:
+                        self._streaming_since = now
+                    delivered += 1
+                    self._set_state(SourceState.streaming())
+                    image, encoded = pixels
+                    yield Frame(image, ts, wall, encoded=encoded)
+                    continue
             if watch.stalled(now):
                 self.stalls += 1
                 return f"stalled: no new frame for {camera.stall_timeout_s:g}s"
         return "stopped"
+
+    def _wall(self, ts: float) -> datetime:
+        """A file frame's wall time: playback start + position, and never ahead of the clock when read fast."""
+        assert self._file_start is not None
+        wall = self._file_start + timedelta(seconds=ts)
+        if not self.camera.realtime:  # a looped file, or one whose length is unknown: never ahead
+            wall = min(wall, datetime.now(timezone.utc))
+        return wall
 
     def _set_state(self, state: SourceState) -> None:
         self.online = state.online

@@ -18,11 +18,18 @@ from edge.adapters.sources import CameraSource
 from edge.core.config import CameraConfig, Config
 from edge.core.messages import CameraStats, CameraStatus
 from edge.core.values import Output, SourceState
+from edge.preprocess import SNAPSHOT_MAX
 from edge.sinks.base import Sink
 from edge.sinks.clips import ClipRecorder
 from edge.stages.pipeline import CameraPipeline
 
 log = logging.getLogger(__name__)
+
+
+def kept_size(config: Config, clips: bool) -> tuple[int, int] | None:
+    """(width, height) a sampled picture must keep beyond the model's input: for snapshots, for clips."""
+    sizes = ([SNAPSHOT_MAX] if config.mqtt.snapshots else []) + ([(config.clips.width, 0)] if clips else [])
+    return (max(w for w, _ in sizes), max(h for _, h in sizes)) if sizes else None
 
 
 class CameraWorker:
@@ -37,7 +44,8 @@ class CameraWorker:
         recorder = self.recorder
         self.pipeline = CameraPipeline(camera, decision, classifier, model, config.device_id,
                                        config.site, on_window=recorder.window if recorder else None,
-                                       on_sampled=recorder.sampled if recorder else None)
+                                       on_sampled=recorder.sampled if recorder else None,
+                                       keep_size=kept_size(config, clips is not None))
         self.source = CameraSource(camera, on_state=self._source_state)
         self.thread: threading.Thread | None = None
         self.started = time.monotonic()
@@ -72,7 +80,7 @@ class CameraWorker:
 
     def _run(self, stop: threading.Event) -> None:
         try:
-            for frame in self.source.frames(stop):
+            for frame in self.source.frames(stop, self.pipeline.sampler.could_take):
                 self._emit(self.pipeline.process(frame))
         except Exception as exc:  # a bug in one camera's chain must not take the others down silently
             self.error = f"{type(exc).__name__}: {exc}"

@@ -159,6 +159,8 @@ class CameraConfig(_Section):
     stall_timeout_s: float = Field(15.0, gt=0, le=3600)
     realtime: bool = True
     loop: bool = False
+    # FFmpeg decoder threads for this camera; unset: 1 up to 720p, 2 above (docs/performance.md says why).
+    decoder_threads: int | None = Field(None, ge=1, le=16)
     decision: DecisionOverrides = Field(default_factory=DecisionOverrides)  # type: ignore[valid-type]
     classifier: ClassifierOverrides = Field(default_factory=ClassifierOverrides)  # type: ignore[valid-type]
 

@@ -27,12 +27,16 @@ Phase = Literal["idle", "pending", "open", "cooldown"]
 class Frame:
     """One captured image with its stream time (monotonic per source) and wall time (UTC)."""
 
-    image: np.ndarray  # BGR uint8 as OpenCV delivers it, or shrunk to SNAPSHOT_MAX for a large camera
+    # BGR uint8 as OpenCV delivers it, or shrunk to SNAPSHOT_MAX for a large camera; None when the
+    # source did not decode the frame because the sampler could not take it (``Sampler.could_take``).
+    image: np.ndarray | None
     ts: float
     wall: datetime
     # The image already shrunk to the model's input size (still BGR uint8) when ``image`` was
     # reduced: the classifier prepares this one, which gives exactly the input the full frame would.
     model_image: np.ndarray | None = None
+    # An MJPEG camera's frame as its JPEG, decoded only if sampled (``edge.preprocess.decode_jpeg``).
+    encoded: bytes | None = None
 
 
 @dataclass(frozen=True)

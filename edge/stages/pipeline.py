@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,7 +26,7 @@ import numpy as np
 from edge.core.config import CameraConfig, ClassifierConfig, DecisionConfig
 from edge.core.messages import ChainStats, EndReason
 from edge.core.values import Frame, OfflineReason, Output, Prediction, Transition
-from edge.preprocess import bound_frame
+from edge.preprocess import bound_frame, decode_jpeg
 from edge.stages.classifier import StreamClassifier
 from edge.stages.decision import Decider
 from edge.stages.events import build_event
@@ -54,13 +55,19 @@ class CameraPipeline:
         site: str,
         on_window: WindowHook | None = None,
         on_sampled: SampleHook | None = None,
+        keep_size: tuple[int, int] | None = None,
     ) -> None:
+        """``keep_size`` (width, height) is what a sampled picture must keep (for snapshots, clips) when an
+        MJPEG camera's JPEGs are decoded at reduced size; None: the model's input size is enough."""
         self.camera = camera
         self.model = model
         self.device_id = device_id
         self.site = site
         self.on_window = on_window
         self.on_sampled = on_sampled
+        spec = model.manifest.input
+        self._decode_size = (max(spec.width, keep_size[0]), max(spec.height, keep_size[1])) \
+            if keep_size else (spec.width, spec.height)
         self.sampler = Sampler(model.manifest.sampling.frame_interval_s)
         self.classifier = StreamClassifier(model, classifier.hop, classifier.scene_cut)
         self.decider = Decider(decision)
@@ -75,15 +82,14 @@ class CameraPipeline:
     def process(self, frame: Frame) -> list[Output]:
         """Feed one captured frame; returns the outputs it completes (usually none)."""
         self.frames_in += 1
-        spec = self.model.manifest.input
-        kept, model_image = bound_frame(frame.image, spec.height, spec.width)
-        if model_image is not None:  # a large camera: memory bounded from here on, the model's input unchanged
-            frame = Frame(kept, frame.ts, frame.wall, model_image)
-        self._last = frame
+        self._last = frame = self._bounded(frame)
         sampled = self.sampler.offer(frame)
         if sampled is None:
             return []
-        if self.on_sampled is not None:
+        if sampled.image is None and sampled.encoded is not None:  # an MJPEG camera's JPEG, decoded once taken
+            sampled = self._bounded(replace(sampled, image=decode_jpeg(sampled.encoded, *self._decode_size),
+                                            encoded=None))
+        if self.on_sampled is not None and sampled.image is not None:  # none: undecodable, the classifier counts it
             self.on_sampled(sampled)
         prediction = self.classifier.push(sampled)
         if prediction is None:
@@ -126,6 +132,16 @@ class CameraPipeline:
             incident_open=self.decider.open,
             events=self.events,
         )
+
+    def _bounded(self, frame: Frame) -> Frame:
+        """The frame with a large image replaced as ``bound_frame`` says (a frame without pixels as it is)."""
+        if frame.image is None:
+            return frame
+        spec = self.model.manifest.input
+        kept, model_image = bound_frame(frame.image, spec.height, spec.width)
+        if model_image is None:
+            return frame
+        return replace(frame, image=kept, model_image=model_image)  # memory bounded, the model's input unchanged
 
     def _keep_peak(self) -> None:
         peak_ts = self.decider.peak_ts

