@@ -175,6 +175,7 @@ FLOW_FEATURES = (
 )
 FLOW_MIN_PX = 0.1  # flow below this many pixels is noise, never "moving"
 _FLOW_BINS = 8
+_QUANTILES = (80, 90, 97)  # of flow magnitude: above each, a pixel counts as moving for one pair of statistics
 
 
 def _direction_stats(fx: np.ndarray, fy: np.ndarray, mag: np.ndarray, moving: np.ndarray) -> tuple[float, float]:
@@ -214,13 +215,15 @@ def flow_features(current: np.ndarray, previous: np.ndarray | None) -> np.ndarra
         flow = cv2.calcOpticalFlowFarneback(_grey(previous), _grey(current), None, 0.5, 2, 9, 2, 5, 1.1, 0)
     fx, fy = flow[..., 0], flow[..., 1]
     mag = np.hypot(fx, fy)
+    ordered = np.sort(mag, axis=None)  # sorted once: the quantiles below then cost no partition each
+    levels = np.percentile(ordered, _QUANTILES)
+    masks = {q: mag >= max(float(level), FLOW_MIN_PX) for q, level in zip(_QUANTILES, levels, strict=True)}
     out: list[float] = []
-    for q in (80, 90, 97):
-        out += _direction_stats(fx, fy, mag, mag >= max(float(np.percentile(mag, q)), FLOW_MIN_PX))
-    ordered = np.sort(mag, axis=None)
+    for q in _QUANTILES:
+        out += _direction_stats(fx, fy, mag, masks[q])
     top = ordered[-max(1, ordered.size // 20):]
     out += [float(top.sum() / (ordered.sum() + 1e-6)), float(np.log1p(top.mean() / (ordered.mean() + 1e-3)))]
-    moving = mag >= max(float(np.percentile(mag, 90)), FLOW_MIN_PX)
+    moving = masks[90]
     if moving.any():
         bx, by = cv2.blur(fx, (5, 5)), cv2.blur(fy, (5, 5))
         out.append(float(np.hypot(fx - bx, fy - by)[moving].mean() / (mag[moving].mean() + 1e-3)))
