@@ -23,9 +23,11 @@ clip by clip; ``crosseval.png`` draws the bars with intervals for both levels.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -221,6 +223,18 @@ def _finite(value: Any) -> Any:
     return value
 
 
+@contextlib.contextmanager
+def _results_file(path: Path) -> Iterator[dict[str, Any]]:
+    """A results.json's content; any way it is not one (unreadable, not JSON, a key missing) is one line."""
+    try:
+        yield json.loads(Path(path).read_text(encoding="utf-8"))
+    except ds.DataError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ds.DataError(f"{path}: not a crosseval results.json ({exc}); pass the file `crosseval --out` wrote") \
+            from None
+
+
 def rescore(path: Path) -> dict[str, Any]:
     """Re-derive a finished run's event level from its recorded window scores under today's span rules.
 
@@ -231,17 +245,13 @@ def rescore(path: Path) -> dict[str, Any]:
     from converter.decision_sweep import replay_units
 
     path = Path(path)
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
+    with _results_file(path) as results:
         if not results.get("streams"):
             raise ds.DataError(f"{path}: no window scores recorded (a run from before they were); run crosseval again")
         replay_units(results)
         results["summary"] = _summaries(results["units"], results["bootstrap"]["resamples"])
         if results.get("complete"):
             results["decision_sweep"] = sweep_results(results)
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise ds.DataError(f"{path}: not a crosseval results.json ({exc!r}); pass the file `crosseval --out` wrote") \
-            from None
     path.write_text(json.dumps(_finite(results), indent=1) + "\n", encoding="utf-8")
     return results
 
@@ -251,28 +261,24 @@ def manifest_rows(path: Path) -> tuple[list[SourceResult], bool]:
 
     Read here, beside the writer, so the bundle and the crosseval file cannot disagree on the layout.
     """
-    try:
-        results = json.loads(Path(path).read_text(encoding="utf-8"))
+    with _results_file(path) as results:
         rows = [SourceResult(protocol=r["protocol"], level=r["level"], source=r["source"], units=r["units"],
                              seeds=r["seeds"], **{m: Figure(**r["metrics"][m]) for m in METRICS})
                 for r in results["summary"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ds.DataError(f"{path}: not a crosseval results.json ({exc}); pass the file `crosseval --out` wrote") \
-            from None
     return rows, bool(results.get("complete"))
 
 
 def manifest_decision(path: Path) -> RecommendedDecision | None:
     """The sweep's chosen decision settings as the manifest records them (None for a run without a sweep)."""
-    results = json.loads(Path(path).read_text(encoding="utf-8"))
-    sweep = results.get("decision_sweep")
-    if not sweep:
-        return None
-    best, current = sweep["best"], sweep["current"]
-    return RecommendedDecision(
-        threshold=best["threshold"], start_windows=best["start_windows"],
-        chosen_by=f"crosseval {sweep['protocol']} sweep: worst held-out source's event balanced accuracy "
-                  f"{best['worst_balanced_accuracy']:.3f} (shipped defaults: {current['worst_balanced_accuracy']:.3f})")
+    with _results_file(path) as results:
+        sweep = results.get("decision_sweep")
+        if not sweep:
+            return None
+        best, worst_before = sweep["best"], sweep["current"]["worst_balanced_accuracy"]
+        return RecommendedDecision(
+            threshold=best["threshold"], start_windows=best["start_windows"],
+            chosen_by=f"crosseval {sweep['protocol']} sweep: worst held-out source's event balanced accuracy "
+                      f"{best['worst_balanced_accuracy']:.3f} (shipped defaults: {worst_before:.3f})")
 
 
 def summary_table(results: dict[str, Any]) -> str:

@@ -23,15 +23,19 @@ START_WINDOWS = (1, 2, 3, 4)
 OBJECTIVE = "the highest balanced accuracy of the worst held-out source (ties: the higher mean over sources)"
 
 
-def _streams(results: dict[str, Any], protocol: str) -> list[tuple[str, list[Span], dict[str, Any]]]:
-    """(source, spans, window scores) for every stream the protocol's event level played."""
-    spans: dict[tuple[int, str], list[Span]] = {}
+def _streams(results: dict[str, Any], protocol: str | None = None
+             ) -> list[tuple[dict[str, Any], list[dict[str, Any]], list[Span]]]:
+    """(window scores, event units, their spans) of every recorded stream (of one protocol, if named)."""
+    units: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
     for unit in results["units"]:
-        if unit["protocol"] == protocol and unit["level"] == "event":
-            spans.setdefault((unit["seed"], unit["stream"]), []).append(
-                Span(unit["clip"], unit["start_s"], unit["end_s"], unit["anomalous"]))
-    return [(w["source"], spans[w["seed"], w["stream"]], w) for w in results.get("streams", [])
-            if w["protocol"] == protocol and (w["seed"], w["stream"]) in spans]
+        if unit["level"] == "event":
+            units.setdefault((unit["protocol"], unit["seed"], unit["stream"]), []).append(unit)
+    out = []
+    for windows in results.get("streams", []):
+        mine = units.get((windows["protocol"], windows["seed"], windows["stream"]), [])
+        if mine and protocol in (None, windows["protocol"]):
+            out.append((windows, mine, [Span(u["clip"], u["start_s"], u["end_s"], u["anomalous"]) for u in mine]))
+    return out
 
 
 def _alarms(results: dict[str, Any], settings: DecisionConfig, spans: list[Span], windows: dict[str, Any]
@@ -48,22 +52,16 @@ def replay(results: dict[str, Any], settings: DecisionConfig, protocol: str = "l
     """Per source: binary scores of its spans (pooled over seeds) had the daemon used ``settings``."""
     truth: dict[str, list[bool]] = {}
     alarms: dict[str, list[bool]] = {}
-    for source, spans, windows in _streams(results, protocol):
-        truth.setdefault(source, []).extend(span.anomalous for span in spans)
-        alarms.setdefault(source, []).extend(_alarms(results, settings, spans, windows)[0])
+    for windows, _, spans in _streams(results, protocol):
+        truth.setdefault(windows["source"], []).extend(span.anomalous for span in spans)
+        alarms.setdefault(windows["source"], []).extend(_alarms(results, settings, spans, windows)[0])
     return {source: {"units": len(truth[source]), **binary_scores(truth[source], alarms[source])} for source in truth}
 
 
 def replay_units(results: dict[str, Any]) -> None:
     """Recompute every event unit's alarm and incidents in place at the run's own decision settings."""
     settings = DecisionConfig(**results["decision"])
-    by_stream: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
-    for unit in results["units"]:
-        if unit["level"] == "event":
-            by_stream.setdefault((unit["protocol"], unit["seed"], unit["stream"]), []).append(unit)
-    for windows in results["streams"]:
-        units = by_stream.get((windows["protocol"], windows["seed"], windows["stream"]), [])
-        spans = [Span(u["clip"], u["start_s"], u["end_s"], u["anomalous"]) for u in units]
+    for windows, units, spans in _streams(results):
         alarms, found = _alarms(results, settings, spans, windows)
         for unit, alarm in zip(units, alarms, strict=True):
             unit["alarm"] = alarm
