@@ -8,6 +8,7 @@ the converter's windows equal the device's and that a flow bundle runs in both r
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -71,6 +72,34 @@ def test_statistics_barely_change_with_the_size_of_the_motion() -> None:
     far = flow_features(_moved(frame, [(whole, (0, 1))]), frame)
     assert abs(near[ENTROPY] - far[ENTROPY]) < 0.15
     assert abs(near[COHERENCE] - far[COHERENCE]) < 0.1
+
+
+# Run in each numpy the daemon supports (numpy 2 here, numpy 1 in the tflite-runtime environment): a
+# single percent is interpolated in the array's dtype by one and in float64 by the other.
+_PERCENTILES_MATCH_NUMPY = """
+import numpy as np
+from edge.preprocess import _sorted_percentiles
+rng = np.random.default_rng(0)
+for size in (1, 2, 3, 25, 100, 4096):
+    for draw in range(50):
+        values = rng.gamma(0.5, 2.0, size).astype(np.float32)
+        values[rng.random(size) < 0.3] = 0.0  # ties, as still pixels give
+        ordered = np.sort(values)
+        for percents in (80, 50, 97, 100, (80, 90, 97), (0, 50, 100)):
+            want = np.atleast_1d(np.percentile(ordered, percents)).tolist()
+            assert _sorted_percentiles(ordered, percents) == want, (size, draw, percents)
+"""
+
+
+@pytest.mark.parametrize("environment", ["ai-edge-litert", "tflite-runtime"])
+def test_quantile_levels_are_numpys_bit_for_bit(environment: str) -> None:
+    """flow_features reads its quantiles off the sorted magnitudes; they must stay numpy's exactly."""
+    python = sys.executable if environment == "ai-edge-litert" else tflite_python()
+    if python is None:
+        pytest.skip("RCLSTM_TFLITE_PYTHON is not set (the tflite-runtime 2.14 environment)")
+    done = subprocess.run([str(python), "-c", _PERCENTILES_MATCH_NUMPY], capture_output=True, text=True,
+                          check=False, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr
 
 
 def test_model_input_shape_is_a_vector() -> None:
