@@ -17,6 +17,7 @@ from edge.adapters.sources import CameraSource
 from edge.core.config import CameraConfig, ClassifierConfig, DecisionConfig
 from edge.core.messages import Event, message_json, schema
 from edge.core.values import Frame, OfflineReason, Output
+from edge.preprocess import SNAPSHOT_MAX
 from edge.stages.pipeline import CameraPipeline
 from edge.synthetic import render_clip, write_stream
 from edge.tools.scan import scan
@@ -39,9 +40,11 @@ class Sink:
         return [o.event for o in self.outputs]
 
 
-def pipeline(model: BundleModel, camera: CameraConfig | None = None, scene_cut: float = 0.6) -> CameraPipeline:
+def pipeline(model: BundleModel, camera: CameraConfig | None = None, scene_cut: float = 0.6,
+             keep_size: tuple[int, int] | None = None) -> CameraPipeline:
     camera = camera or CameraConfig(id="door", source="unused.mp4")
-    return CameraPipeline(camera, DecisionConfig(), ClassifierConfig(scene_cut=scene_cut), model, "pi-7", "store 12")
+    return CameraPipeline(camera, DecisionConfig(), ClassifierConfig(scene_cut=scene_cut), model, "pi-7", "store 12",
+                          keep_size=keep_size)
 
 
 def synthetic_frames(kind: str, seconds: float, fps: float = 25.0, t0: float = 0.0, seed: int = 0) -> list[Frame]:
@@ -56,7 +59,7 @@ def test_video_with_one_fight_gives_one_incident_overlapping_it(tmp_path: Path, 
     spans = write_stream(video, [("calm", 8), ("fight", 5), ("calm", 8)])
     camera = CameraConfig(id="door", source=str(video), realtime=False)
     sink = Sink()
-    chain = pipeline(demo_model, camera)
+    chain = pipeline(demo_model, camera, keep_size=SNAPSHOT_MAX)  # as with snapshots on
     frames: list[Frame] = []
     for frame in CameraSource(camera).frames(threading.Event()):
         frames.append(frame)
@@ -203,9 +206,10 @@ def test_mjpeg_frames_are_decoded_once_sampled_at_a_reduced_size(demo_model: Bun
     jpegs = [cv2.imencode(".jpg", cv2.resize(f.image, (320, 240)))[1].tobytes() for f in frames]
     runs = []
     for reduced in (False, True):
-        sink, scores = Sink(), []
+        sink, scores, shapes = Sink(), [], set()
         chain = pipeline(demo_model)
         chain.on_window = lambda p, scores=scores: scores.append(p.anomaly_score)
+        chain.on_sampled = lambda f, shapes=shapes: shapes.add(f.image.shape)
         for frame, jpeg in zip(frames, jpegs, strict=True):
             if reduced:
                 sink(chain.process(Frame(None, frame.ts, frame.wall, encoded=jpeg)))
@@ -213,10 +217,26 @@ def test_mjpeg_frames_are_decoded_once_sampled_at_a_reduced_size(demo_model: Bun
                 sink(chain.process(Frame(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR), frame.ts,
                                          frame.wall)))
         sink(chain.finish())
-        peak = sink.outputs[-1].peak_frame
-        assert peak is not None
-        runs.append(([e.type for e in sink.events], scores, peak.shape))
-    (kinds, full_scores, full_shape), (reduced_kinds, reduced_scores, reduced_shape) = runs
+        runs.append(([e.type for e in sink.events], scores, shapes))
+    (kinds, full_scores, full_shapes), (reduced_kinds, reduced_scores, reduced_shapes) = runs
     assert kinds == reduced_kinds and kinds[0] == "start" and kinds[-1] == "end"
     assert np.abs(np.array(full_scores) - reduced_scores).max() < 0.1
-    assert (full_shape, reduced_shape) == ((240, 320, 3), (120, 160, 3))
+    assert (full_shapes, reduced_shapes) == ({(240, 320, 3)}, {(120, 160, 3)})
+
+
+def test_a_chain_keeps_camera_pictures_only_for_what_uses_them(demo_model: BundleModel) -> None:
+    """Without snapshots or clips (no keep_size) no peak picture is kept, and the events are the same."""
+    frames = synthetic_frames("calm", 4, seed=1) + synthetic_frames("fight", 5, t0=4.0, seed=2)
+    runs = []
+    for keep_size in (SNAPSHOT_MAX, None):
+        sink = Sink()
+        chain = pipeline(demo_model, keep_size=keep_size)
+        for frame in frames:
+            sink(chain.process(frame))
+        sink(chain.finish())
+        runs.append(sink.outputs)
+    kept, bare = runs
+    assert [o.event.model_dump(exclude={"event_id"}) for o in kept] == \
+        [o.event.model_dump(exclude={"event_id"}) for o in bare]
+    assert kept[-1].event.type == "end" and kept[-1].peak_frame is not None
+    assert all(o.peak_frame is None for o in bare)

@@ -10,7 +10,10 @@ scene while the camera was away, and an incident left open across an outage of u
 would have no honest end time. The camera's offline status tells the backend about the gap itself.
 
 The pipeline, not the decision, keeps the frame of the open incident's peak window: the decision
-works on scores, and an incident's end carries that frame to the sink for an optional snapshot.
+works on scores, and an incident's end carries that frame to the sink for an optional snapshot. Only
+when something will use it (``keep_size``: snapshots or incident clips are on): otherwise the chain
+holds no camera picture beyond the sampler's candidate and the frame in hand, which at 1280x720 is
+2.8 MB for each of the last ``start_windows`` windows and the last frame seen.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -58,7 +62,8 @@ class CameraPipeline:
         keep_size: tuple[int, int] | None = None,
     ) -> None:
         """``keep_size`` (width, height) is what a sampled picture must keep (for snapshots, clips) when an
-        MJPEG camera's JPEGs are decoded at reduced size; None: the model's input size is enough."""
+        MJPEG camera's JPEGs are decoded at reduced size; None: the model's input size is enough, and
+        nothing uses an incident's peak picture, so none is kept (``Output.peak_frame`` is None)."""
         self.camera = camera
         self.model = model
         self.device_id = device_id
@@ -74,15 +79,17 @@ class CameraPipeline:
         self.frames_in = 0
         self.events = 0
         self.score: float | None = None  # the newest window's anomaly score, for stats and dashboards
-        self._last: Frame | None = None
+        self._keep_pictures = keep_size is not None
+        self._last: tuple[datetime, float] | None = None  # (wall, ts) of the last frame seen, for a close
         # An incident starts on its start_windows-th window but its peak may be any of them.
-        self._recent: deque[tuple[float, np.ndarray]] = deque(maxlen=decision.start_windows)
-        self._peak: tuple[float, np.ndarray] | None = None
+        self._recent: deque[tuple[float, np.ndarray | None]] = deque(maxlen=decision.start_windows)
+        self._peak: tuple[float, np.ndarray | None] | None = None
 
     def process(self, frame: Frame) -> list[Output]:
         """Feed one captured frame; returns the outputs it completes (usually none)."""
         self.frames_in += 1
-        self._last = frame = self._bounded(frame)
+        frame = self._bounded(frame)
+        self._last = (frame.wall, frame.ts)
         sampled = self.sampler.offer(frame)
         if sampled is None:
             return []
@@ -97,7 +104,7 @@ class CameraPipeline:
         if self.classifier.classified == 1:  # start-up is measured to here (bench/memory_startup.py)
             log.info("first window", extra={"fields": {"camera": self.camera.id, "ts": round(frame.ts, 3)}})
         self.score = prediction.anomaly_score
-        self._recent.append((prediction.ts, sampled.image))
+        self._recent.append((prediction.ts, sampled.image if self._keep_pictures else None))
         outputs = self._outputs(self.decider.update(prediction))
         self._keep_peak()
         if self.on_window is not None:
@@ -153,7 +160,7 @@ class CameraPipeline:
     def _close(self, reason: EndReason) -> list[Output]:
         if self._last is None:
             return []
-        outputs = self._outputs(self.decider.close(self._last.wall, self._last.ts, reason))
+        outputs = self._outputs(self.decider.close(*self._last, reason))
         self._keep_peak()
         return outputs
 
