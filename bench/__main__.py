@@ -85,11 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder-per-class clips for the streams")
     parser.add_argument("--out", type=Path, help="JSON output (default bench/results/full.json or quick.json)")
     parser.add_argument("--work", type=Path, default=CACHE, help="cache for streams and bundles")
+    parser.add_argument("--bundle", default="builtin",
+                        help="bundle the daemon benchmarks run: a built-in name (fight-rclstm) or a path")
     args = parser.parse_args(argv)
     if args.model is not None and not args.model.is_file():
         parser.error(f"--model {args.model}: no such file; pass a trained RUN_DIR/model.keras")
     data = args.data if args.data.is_dir() else None
-    settings = Settings(quick=args.quick, model=args.model, data=data, work=args.work)
+    settings = Settings(quick=args.quick, model=args.model, data=data, work=args.work, bundle=args.bundle)
     info = machine()
     print(machine_line(info), flush=True)
     if data is None:
@@ -112,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{table.render()}\n({machine_line(info)})", flush=True)
     out = args.out or RESULTS / ("quick.json" if args.quick else "full.json")
     write_results(out, info, tables, {"quick": args.quick, "model": str(args.model) if args.model else None,
-                                      "data": str(data) if data else None, "only": args.only})
+                                      "data": str(data) if data else None, "only": args.only,
+                                      "bundle": args.bundle})
     print(f"\nwritten to {out}")
     return 1 if failed else 0
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bench.common import Settings, tflite_python
 from edge.bundle import read_manifest, sha256_file
-from edge.models import BUILTIN, resolve_bundle
+from edge.models import BUILTIN, HERE, resolve_bundle
 
 
 @dataclass
@@ -60,10 +60,17 @@ class Models:
         return self.converted[(mode, variant)]
 
     def device_bundle(self) -> tuple[Path, str]:
-        """The bundle the daemon benchmarks run and where it came from: shipped, --model, or the demo."""
-        shipped = resolve_bundle("builtin")
+        """The bundle the daemon benchmarks run and where it came from: --bundle (by default the shipped
+        builtin), else --model, else the demo. Another bundle than the builtin one must exist: a model's
+        per-frame cost (fight-flow's optical flow) is what such a run is for."""
+        spec = self.settings.bundle
+        shipped = resolve_bundle(spec)
         if (shipped / "manifest.json").is_file():
-            return shipped, f"shipped bundle edge/models/{BUILTIN['builtin']} ({read_manifest(shipped).quantization})"
+            manifest = read_manifest(shipped)
+            shown = f"edge/models/{shipped.name}" if shipped.parent == HERE else str(shipped)
+            return shipped, f"bundle {shown} ({manifest.quantization}, representation {manifest.input.representation})"
+        if spec != "builtin":
+            raise ValueError(f"--bundle {spec}: no bundle there; give a built-in name ({', '.join(BUILTIN)}) or a path")
         if self.settings.model is not None:
             mode = "float32"
             return self.bundle(mode).path, f"--model {self.settings.model} converted ({mode}, streaming)"

@@ -43,6 +43,7 @@ class Settings:
     model: Path | None  # a trained RUN_DIR/model.keras (its run.json names the held-out clips)
     data: Path | None  # folder-per-class clips the streams are built from
     work: Path  # cache for streams and bundles
+    bundle: str = "builtin"  # the bundle the daemon benchmarks run: a built-in name or a path
     log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr, flush=True))
 
     def pick(self, quick: Any, full: Any) -> Any:
