@@ -31,7 +31,9 @@ def segments(settings: Settings, normal: str, anomaly: str) -> list[tuple[str, f
 
 def run(settings: Settings, stream: dict, bundle: Path, source: str, anomaly: str) -> Table:
     manifest = read_manifest(bundle)
-    decision = DecisionConfig()
+    # What the daemon decides with: the bundle's recommended settings over the built-in defaults (the
+    # benchmark's config sets none), as Config.decision_for gives them.
+    decision = DecisionConfig(**(manifest.decision.settings() if manifest.decision else {}))
     hop = ClassifierConfig().hop
     hop_s = hop * manifest.sampling.frame_interval_s
     goal = manifest.sampling.window_s + hop_s
@@ -70,8 +72,9 @@ def run(settings: Settings, stream: dict, bundle: Path, source: str, anomaly: st
                        false_starts=len(false), false_start_times_s=false, events_received=len(arrivals))
     table.notes += [
         f"goal = window span {manifest.sampling.window_s:.2f} s + one hop ({hop} sampled frames = "
-        f"{hop_s:.2f} s); default decision settings (start after {decision.start_windows} windows over "
-        f"{decision.threshold}), so a detection also waits for {decision.start_windows - 1} more hop(s)",
+        f"{hop_s:.2f} s); decision: start after {decision.start_windows} windows over {decision.threshold} (the "
+        "bundle's recommendation, else the defaults), so a detection also waits for "
+        f"{decision.start_windows - 1} more hop(s)",
         f"model: {source}; stream {stream['seconds']:g} s {stream['codec']} from {stream['source']}, real-time; "
         f"real mosquitto on 127.0.0.1; {len(false)} false start(s) outside the fights"
         + (f" (at {', '.join(f'{t:g}' for t in false)} s of stream time)" if false else ""),
