@@ -210,8 +210,9 @@ def _direction_stats(fx: np.ndarray, fy: np.ndarray, mag: np.ndarray, thresholds
 def _sorted_percentiles(ordered: np.ndarray, percents: int | Sequence[int]) -> list[float]:
     """``np.percentile(ordered, percents)`` of an ascending 1-D float array with no NaN, as floats.
 
-    numpy's default (linear) method with numpy's own arithmetic, so the levels are bit-identical to
-    its (checked against it in tests/test_flow.py): the neighbours' difference in the array's dtype,
+    (Flow magnitudes have none: the flow of two uint8 images is finite.) numpy's default (linear)
+    method with numpy's own arithmetic, so the levels are bit-identical to numpy's (checked in
+    tests/test_flow.py, in numpy 2 and numpy 1): the neighbours' difference in the array's dtype,
     interpolated from the nearer neighbour, and weighted in float64 for a sequence of percents but
     by a Python float for a single one (which numpy 2 computes in the array's dtype, numpy 1 in
     float64; so does this). numpy would partition the already sorted array again and set up its
