@@ -147,6 +147,20 @@ def test_the_bundle_streams_in_both_runtimes_within_the_parity_tolerance(
         assert np.abs(theirs["probs"] - ours).max() <= FLOAT_TOLERANCE
 
 
+def test_fine_tuning_trains_only_the_last_blocks(synth_data: Path, frame_cache: Path, tmp_path: Path) -> None:
+    from converter.convert import load_model
+    from converter.pretrained import read_convs
+
+    out = tmp_path / "run"
+    assert main(["train", str(synth_data), "--encoder", ENCODER, "--trainable-blocks", "1", "--anomaly-classes",
+                 "fight", "--epochs", "1", "--frames", "4", "--augment", "none", "--lstm-units", "8", "--out", str(out),
+                 "--cache", str(frame_cache)]) == 0
+    model = load_model(out / "model.keras")
+    changed = {conv.name for conv in read_convs()
+               if not np.array_equal(model.get_layer(f"td_{conv.name}").layer.get_weights()[0], conv.kernel)}
+    assert changed == {"dw13", "pw13"}
+
+
 @pytest.mark.parametrize(("extra", "message"), [
     (["--size", "64"], f"--encoder {ENCODER} takes RGB frames of 128x128 into an LSTM: use --arch rclstm "
                        "--representation rgb --size 128 (got --arch rclstm --representation rgb --size 64)"),
