@@ -251,11 +251,11 @@ def fit(data: ds.Dataset, train_idx: np.ndarray, opts: TrainOptions, seed: int) 
     if opts.augment == "none":
         train_x, train_y = fixed_windows([items[i] for i in train_idx], y[train_idx], opts, make)
         history = fitted.fit(train_x, train_y, batch_size=opts.batch_size, epochs=opts.epochs, class_weight=weights,
-                            validation_data=val, callbacks=[stop], verbose=2, shuffle=True)
+                             validation_data=val, callbacks=[stop], verbose=2, shuffle=True)
     else:
         train_data = _Augmented([items[i] for i in train_idx], y[train_idx], opts, seed, make)
         history = fitted.fit(train_data, epochs=opts.epochs, validation_data=val, callbacks=[stop], verbose=2,
-                            class_weight=weights)
+                             class_weight=weights)
     losses = history.history.get(monitor, [])
     record = {
         "seed": seed,
