@@ -124,6 +124,7 @@ def test_the_bundle_streams_in_both_runtimes_within_the_parity_tolerance(
 ) -> None:
     manifest = read_manifest(mobilenet_bundle)
     assert (manifest.arch, manifest.quantization, manifest.input.representation) == ("rclstm", "float32", "rgb")
+    assert manifest.training["encoder"] == ENCODER  # the model card names the pretrained encoder
     assert manifest.signatures["encode"].inputs[0].shape == [1, 128, 128, 3]
     assert manifest.signatures["classify"].inputs[0].shape == [1, 20, 256]
     assert manifest.budget is not None and 13e6 < manifest.budget.mac_per_frame < 16e6  # MobileNet v1 0.25/128
