@@ -15,6 +15,8 @@ from typing import Any
 
 from converter.bootstrap import DEFAULT_RESAMPLES
 from converter.dataset import AUGMENTS, DEFAULT_AUGMENT, DEFAULT_CACHE, DEFAULT_REPRESENTATION, DataError
+from converter.pretrained import ENCODERS
+from converter.pretrained import SIZE as PRETRAINED_SIZE
 from converter.sampling import DEFAULT_HOP, DEFAULT_INTERVAL_S, DEFAULT_METHOD, SAMPLING_METHODS
 from converter.sources import Source, check_fine_tune, parse_class_map, parse_source, unique_sources
 from converter.splits import PROTOCOLS
@@ -80,18 +82,25 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     """What data, which model and how to train it: shared by train and crosseval."""
     _data_args(parser)
     parser.add_argument("--arch", choices=["rclstm", "convlstm"], default="rclstm", help="default rclstm")
+    parser.add_argument("--encoder", choices=ENCODERS, default="cnn",
+                        help=f"rclstm per-frame encoder: cnn (small, trained from scratch) or {ENCODERS[1]} (ImageNet "
+                             f"MobileNet v1, frozen; RGB at 128x128, which become the defaults) (default cnn)")
+    parser.add_argument("--trainable-blocks", type=int, default=0,
+                        help="fine-tune the last N of the pretrained encoder's 13 blocks (default 0: frozen, "
+                             "and training runs on its cached features)")
     parser.add_argument("--classes", type=_names, help="comma-separated subset of class folders (default all)")
     parser.add_argument("--anomaly-classes", type=_names, default=[],
                         help="labels (after --class-map) that count as Anomaly (default none)")
-    parser.add_argument("--representation", choices=REPRESENTATIONS, default=DEFAULT_REPRESENTATION,
-                        help=f"default {DEFAULT_REPRESENTATION} (rgb is the paper's)")
+    parser.add_argument("--representation", choices=REPRESENTATIONS,
+                        help=f"default {DEFAULT_REPRESENTATION}, rgb with a pretrained --encoder (rgb is the paper's)")
     parser.add_argument("--epochs", type=int, help="default 70 (rclstm) / 50 (convlstm)")
     parser.add_argument("--patience", type=int, help="default 15 (rclstm) / 10 (convlstm)")
     parser.add_argument("--batch-size", type=int, default=4, help="default 4")
     parser.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     parser.add_argument("--augment", choices=AUGMENTS, default=DEFAULT_AUGMENT, help=f"default {DEFAULT_AUGMENT}")
     _sampling_args(parser)
-    parser.add_argument("--size", type=int, default=64, help="input frame side in pixels (default 64)")
+    parser.add_argument("--size", type=int, help="input frame side in pixels (default 64, 128 with a pretrained "
+                                                   "--encoder)")
     parser.add_argument("--filters", type=_ints, default=[16, 32, 64, 64],
                         help="rclstm conv filters (default 16,32,64,64)")
     parser.add_argument("--pools", type=_ints, default=[4, 4, 2, 2], help="rclstm max-pool sizes (default 4,4,2,2)")
@@ -109,12 +118,15 @@ def _sources(texts: list[str]) -> list[Source]:
 def _train_fields(args: argparse.Namespace) -> dict[str, Any]:
     """TrainOptions fields from the flags _model_args defines."""
     convlstm = args.arch == "convlstm"
+    pretrained = args.encoder != "cnn"
     return dict(
         sources=_sources(args.data), class_map=parse_class_map(args.class_map), arch=args.arch, classes=args.classes,
-        anomaly_classes=args.anomaly_classes, representation=args.representation,
+        anomaly_classes=args.anomaly_classes, encoder=args.encoder, trainable_blocks=args.trainable_blocks,
+        representation=args.representation or ("rgb" if pretrained else DEFAULT_REPRESENTATION),
         epochs=args.epochs or (50 if convlstm else 70), patience=args.patience or (10 if convlstm else 15),
         batch_size=args.batch_size, seed=args.seed, augment=args.augment, frames=args.frames, sampling=args.sampling,
-        interval=args.interval, hop=args.hop, size=args.size, filters=args.filters, pools=args.pools,
+        interval=args.interval, hop=args.hop, size=args.size or (PRETRAINED_SIZE if pretrained else 64),
+        filters=args.filters, pools=args.pools,
         dropout=args.dropout, lstm_units=args.lstm_units, learning_rate=args.learning_rate, cache=args.cache,
     )
 

@@ -286,19 +286,28 @@ def window_at(item: Decoded, idx: np.ndarray, representation: Representation, fl
     return window_inputs(list(prepared), representation)
 
 
+# (clip, sampled frame indices, flip) -> what the model trains on for that window, when that is not
+# the window itself (the features of a frozen encoder, converter.train.FrameFeatures).
+WindowMaker = Callable[[Decoded, np.ndarray, bool], np.ndarray]
+
+
 def train_windows(
     item: Decoded,
     sampling: WindowSampling,
     representation: Representation,
     rng: np.random.Generator | None = None,
     augment: Augment = "none",
+    make: WindowMaker | None = None,
 ) -> list[np.ndarray]:
-    """A clip's training windows for one epoch; with ``rng``, the augmentations ``augment`` names."""
+    """A clip's training windows for one epoch; with ``rng``, the augmentations ``augment`` names.
+
+    ``make`` turns each drawn window into something else (default: the window, ``window_at``).
+    """
     jitter = rng is not None and "jitter" in augment
     out = []
     for idx in sampling.train_indices(len(item.frames), item.fps, rng if jitter else None):
         flip = rng is not None and "flip" in augment and bool(rng.random() < 0.5)
-        out.append(window_at(item, idx, representation, flip))
+        out.append(make(item, idx, flip) if make else window_at(item, idx, representation, flip))
     return out
 
 

@@ -1,4 +1,4 @@
-"""Training graphs: the paper's RCLSTM (LRCN-style) and ConvLSTM.
+"""Training graphs: the paper's RCLSTM (LRCN-style), its pretrained-encoder variant, and ConvLSTM.
 
 Layer names are fixed (``conv0``, ``lstm``, ``probs``...) because the inference twins find and copy
 layers by role, and a model saved today must convert tomorrow.
@@ -82,6 +82,60 @@ def build_flowlstm(
     x = layers.LSTM(lstm_units, name="lstm")(x)
     outputs = layers.Dense(num_classes, activation="softmax", name="probs")(x)
     return _compile(keras.Model(inputs, outputs, name="flowlstm"), learning_rate)
+
+
+def build_mobilenet_lstm(
+    num_classes: int,
+    frames: int = 20,
+    dropout: float = 0.25,
+    lstm_units: int = 32,
+    learning_rate: float = 1e-3,
+    trainable_blocks: int = 0,
+) -> keras.Model:
+    """The RCLSTM shape with ImageNet MobileNet v1 0.25/128 as the per-frame encoder (``--encoder
+    mobilenet_v1_0.25_128``, representation ``rgb`` at 128x128), its weights ported from the TFLite
+    flatbuffer (converter.pretrained).
+
+    Every per-frame layer is its own TimeDistributed layer (``td_rescale``, ``td_conv0``, ``td_dw1``,
+    ``td_pw1``... ``td_pool``), so ``converter.twins.rclstm_twins`` splits it into the bundle's
+    ``encode`` (256 pooled features per sampled frame) and ``classify`` exactly as it splits the
+    small CNN. The encoder is frozen but for the last ``trainable_blocks`` depthwise/pointwise pairs.
+    """
+    from converter import pretrained
+
+    convs = pretrained.read_convs()
+    inputs = keras.Input((frames, pretrained.SIZE, pretrained.SIZE, 3), name="frames")
+    x = inputs
+    for layer in pretrained.frame_layers(convs, trainable_blocks):
+        x = layers.TimeDistributed(layer, name=f"td_{layer.name}")(x)
+    x = layers.TimeDistributed(layers.Dropout(dropout, name="drop"), name="td_drop")(x)
+    x = layers.LSTM(lstm_units, name="lstm")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="probs")(x)
+    model = keras.Model(inputs, outputs, name="mobilenet_lstm")
+    pretrained.load_weights(convs, lambda name: model.get_layer(f"td_{name}").layer)
+    return _compile(model, learning_rate)
+
+
+def frozen_parts(model: keras.Model, learning_rate: float) -> tuple[keras.Model, keras.Model]:
+    """(per-frame encoder, compiled head) of a ``build_mobilenet_lstm`` model, sharing its layers.
+
+    With the encoder frozen, training need not run MobileNet on every window of every epoch: the
+    encoder turns each sampled frame into features once, and the head (dropout, LSTM, softmax)
+    trains on windows of features. The layers are the model's own, so training the head trains the
+    model, which is saved and converted whole.
+    """
+    per_frame = [layer for layer in model.layers if isinstance(layer, layers.TimeDistributed)]
+    split = next(i for i, layer in enumerate(per_frame) if layer.name == "td_drop")
+    frame_in = keras.Input(model.input_shape[2:], name="frame")
+    x = frame_in
+    for layer in per_frame[:split]:
+        x = layer.layer(x)
+    encoder = keras.Model(frame_in, x, name="encoder")
+    features_in = keras.Input((model.input_shape[1], int(x.shape[-1])), name="features")
+    y = features_in
+    for name in ("td_drop", "lstm", "probs"):
+        y = model.get_layer(name)(y)
+    return encoder, _compile(keras.Model(features_in, y, name="head"), learning_rate)
 
 
 def build_convlstm(

@@ -30,8 +30,9 @@ import keras
 import numpy as np
 
 from converter import dataset as ds
+from converter import pretrained
 from converter.metrics import scores, summarize, table
-from converter.models import build_convlstm, build_flowlstm, build_rclstm
+from converter.models import build_convlstm, build_flowlstm, build_mobilenet_lstm, build_rclstm, frozen_parts
 from converter.runs import RunRecord, SourceRecord, SplitRecord
 from converter.sampling import DEFAULT_HOP, DEFAULT_INTERVAL_S, DEFAULT_METHOD, SamplingMethod, WindowSampling
 from converter.sources import Source, SourceError, check_fine_tune, unique_sources
@@ -52,6 +53,8 @@ class TrainOptions:
     interval: float = DEFAULT_INTERVAL_S
     hop: int = DEFAULT_HOP
     arch: str = "rclstm"
+    encoder: str = "cnn"
+    trainable_blocks: int = 0  # with a pretrained encoder: its last N blocks are fine-tuned, the rest frozen
     classes: list[str] | None = None
     anomaly_classes: list[str] = field(default_factory=list)
     representation: Representation = ds.DEFAULT_REPRESENTATION
@@ -84,17 +87,49 @@ class TrainOptions:
     def window_sampling(self) -> WindowSampling:
         return WindowSampling(self.sampling, self.frames, self.interval, self.hop)
 
+    @property
+    def frozen_encoder(self) -> bool:
+        """A pretrained encoder with nothing of it trained: training runs on its cached features."""
+        return self.encoder != "cnn" and self.trainable_blocks == 0
+
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+class FrameFeatures:
+    """A frozen encoder's features of every (clip, frame, flip) a window draws, computed once.
+
+    Windows overlap and augmentation redraws them every epoch, but a frozen encoder gives a frame
+    the same features every time, so each distinct frame (and its mirror image) is encoded once and
+    every later window is assembled from the cache. Only for representation ``rgb``, where a
+    window's input i is its sampled frame i + 1 alone (``edge.preprocess.window_inputs``).
+    """
+
+    def __init__(self, encoder: keras.Model) -> None:
+        self.encoder = encoder
+        self.cache: dict[tuple[str, int, bool], np.ndarray] = {}
+
+    def window(self, item: ds.Decoded, idx: np.ndarray, flip: bool) -> np.ndarray:
+        """Features (T x F) of the window of ``item`` at sampled frames ``idx`` (T + 1 of them)."""
+        keys = [(item.clip.name, int(i), flip) for i in idx[1:]]
+        missing = [n for n, key in enumerate(keys) if key not in self.cache]
+        if missing:
+            frames = ds.window_at(item, idx, "rgb", flip)[missing]
+            for n, features in zip(missing, keras.ops.convert_to_numpy(self.encoder(frames, training=False)),
+                                   strict=True):
+                self.cache[keys[n]] = features
+        return np.stack([self.cache[key] for key in keys])
+
+
 class _Augmented(keras.utils.PyDataset):
     """Training windows rebuilt every epoch with fresh draws (window starts, jitter, flip)."""
 
-    def __init__(self, items: list[ds.Decoded], y: np.ndarray, opts: TrainOptions, seed: int) -> None:
+    def __init__(
+        self, items: list[ds.Decoded], y: np.ndarray, opts: TrainOptions, seed: int, make: ds.WindowMaker | None
+    ) -> None:
         super().__init__()
-        self.items, self.y, self.opts = items, y, opts
+        self.items, self.y, self.opts, self.make = items, y, opts, make
         self.sampling = opts.window_sampling()
         self.rng = np.random.default_rng(seed)
         # One entry per (clip, window): a long clip gives several windows per epoch under interval sampling.
@@ -108,7 +143,8 @@ class _Augmented(keras.utils.PyDataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         picks = [self.entries[j] for j in self.order[index * self.opts.batch_size : (index + 1) * self.opts.batch_size]]
         x = np.stack([
-            ds.train_windows(self.items[i], self.sampling, self.opts.representation, self.rng, self.opts.augment)[k]
+            ds.train_windows(self.items[i], self.sampling, self.opts.representation, self.rng, self.opts.augment,
+                             self.make)[k]
             for i, k in picks
         ])
         return x, self.y[[i for i, _ in picks]]
@@ -127,9 +163,11 @@ def balanced_weights(y: np.ndarray, num_classes: int) -> dict[int, float]:
     return {c: len(y) / (num_classes * int(n)) for c, n in enumerate(counts) if n}
 
 
-def fixed_windows(items: list[ds.Decoded], y: np.ndarray, opts: TrainOptions) -> tuple[np.ndarray, np.ndarray]:
+def fixed_windows(
+    items: list[ds.Decoded], y: np.ndarray, opts: TrainOptions, make: ds.WindowMaker | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Every clip's training windows without randomness, and their labels (validation; training without augment)."""
-    per_clip = [ds.train_windows(item, opts.window_sampling(), opts.representation) for item in items]
+    per_clip = [ds.train_windows(item, opts.window_sampling(), opts.representation, make=make) for item in items]
     return np.stack([w for ws in per_clip for w in ws]), np.repeat(y, [len(ws) for ws in per_clip])
 
 
@@ -175,6 +213,9 @@ def _validation(data: ds.Dataset, train_idx: np.ndarray, opts: TrainOptions, see
 
 def build_model(opts: TrainOptions, num_classes: int) -> keras.Model:
     channels = channels_for(opts.representation)
+    if opts.encoder == pretrained.NAME:
+        return build_mobilenet_lstm(num_classes, opts.frames, opts.dropout, opts.lstm_units, opts.learning_rate,
+                                    opts.trainable_blocks)
     if opts.arch == "convlstm":
         return build_convlstm(num_classes, opts.frames, opts.size, channels, learning_rate=opts.learning_rate)
     if opts.representation == "flow":
@@ -185,7 +226,13 @@ def build_model(opts: TrainOptions, num_classes: int) -> keras.Model:
 
 
 def fit(data: ds.Dataset, train_idx: np.ndarray, opts: TrainOptions, seed: int) -> tuple[keras.Model, dict, dict]:
-    """Train one model on ``train_idx`` (early stopping on a validation split of its groups); model, history, record."""
+    """Train one model on ``train_idx`` (early stopping on a validation split of its groups); model, history, record.
+
+    With a frozen pretrained encoder only the head is fitted, on windows of cached frame features
+    (``FrameFeatures``); the same draws and class weights as for a whole model. Fine-tuning
+    (``trainable_blocks`` > 0) changes the features every step, so it runs the whole model on every
+    window of every epoch.
+    """
     keras.utils.set_random_seed(seed)
     train_idx, val_idx = _validation(data, train_idx, opts, seed + 1000)
     y = data.y
@@ -193,18 +240,22 @@ def fit(data: ds.Dataset, train_idx: np.ndarray, opts: TrainOptions, seed: int) 
     model = build_model(opts, len(data.labels))
     if opts.init_from is not None:
         start_from(model, opts.init_from, data.labels)
+    fitted, make = model, None
+    if opts.frozen_encoder:
+        encoder, fitted = frozen_parts(model, opts.learning_rate)
+        make = FrameFeatures(encoder).window
     monitor = "val_loss" if len(val_idx) else "loss"
     stop = keras.callbacks.EarlyStopping(monitor=monitor, patience=opts.patience, restore_best_weights=True)
-    val = fixed_windows([items[i] for i in val_idx], y[val_idx], opts) if len(val_idx) else None
+    val = fixed_windows([items[i] for i in val_idx], y[val_idx], opts, make) if len(val_idx) else None
     weights = balanced_weights(y[train_idx], len(data.labels))
     if opts.augment == "none":
-        train_x, train_y = fixed_windows([items[i] for i in train_idx], y[train_idx], opts)
-        history = model.fit(train_x, train_y, batch_size=opts.batch_size, epochs=opts.epochs, class_weight=weights,
-                            validation_data=val, callbacks=[stop], verbose=2, shuffle=True)
+        train_x, train_y = fixed_windows([items[i] for i in train_idx], y[train_idx], opts, make)
+        history = fitted.fit(train_x, train_y, batch_size=opts.batch_size, epochs=opts.epochs, class_weight=weights,
+                             validation_data=val, callbacks=[stop], verbose=2, shuffle=True)
     else:
-        train_data = _Augmented([items[i] for i in train_idx], y[train_idx], opts, seed)
-        history = model.fit(train_data, epochs=opts.epochs, validation_data=val, callbacks=[stop], verbose=2,
-                            class_weight=weights)
+        train_data = _Augmented([items[i] for i in train_idx], y[train_idx], opts, seed, make)
+        history = fitted.fit(train_data, epochs=opts.epochs, validation_data=val, callbacks=[stop], verbose=2,
+                             class_weight=weights)
     losses = history.history.get(monitor, [])
     record = {
         "seed": seed,
@@ -322,6 +373,17 @@ def load(opts: TrainOptions) -> ds.Dataset:
     """Check the options and load every source; DataError / ValueError name the flag and the fix."""
     if opts.arch not in ("rclstm", "convlstm"):
         raise ValueError(f"--arch {opts.arch!r} is not rclstm or convlstm")
+    if opts.encoder not in pretrained.ENCODERS:
+        raise ValueError(f"--encoder {opts.encoder!r} is not one of {', '.join(pretrained.ENCODERS)}")
+    if opts.encoder == pretrained.NAME and (opts.arch, opts.representation, opts.size) != ("rclstm", "rgb",
+                                                                                          pretrained.SIZE):
+        raise ValueError(f"--encoder {opts.encoder} takes RGB frames of {pretrained.SIZE}x{pretrained.SIZE} into an "
+                         f"LSTM: use --arch rclstm --representation rgb --size {pretrained.SIZE} (got --arch "
+                         f"{opts.arch} --representation {opts.representation} --size {opts.size})")
+    if not 0 <= opts.trainable_blocks <= (0 if opts.encoder == "cnn" else pretrained.BLOCKS):
+        raise ValueError(f"--trainable-blocks {opts.trainable_blocks}: fine-tunes the last N of a pretrained "
+                         f"encoder's {pretrained.BLOCKS} blocks; pass --encoder {pretrained.NAME} and "
+                         f"0..{pretrained.BLOCKS}")
     if opts.arch == "convlstm" and opts.representation == "flow":
         raise ValueError("--representation flow is a feature vector per frame, not an image; use --arch rclstm")
     if opts.augment not in ds.AUGMENTS:
