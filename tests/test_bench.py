@@ -64,11 +64,14 @@ def test_pipeline_memory_and_scaling_figures_are_sane(quick_results: dict) -> No
     overhead = {r["stream"]: r for r in tables["pipeline_overhead"]["rows"]}
     # Quick streams are a few seconds long, so the marginal (long - short) figures are noise-sized and may
     # even come out negative; what must hold is that every stream kind was measured on both sides.
-    assert list(overhead) == ["H.264 640x360", "H.264 1280x720", "MPEG-4 640x360", "MJPEG 640x360 over HTTP"]
+    assert list(overhead) == ["H.264 640x360", "H.264 1280x720", "MPEG-4 640x360", "MPEG-4 320x240",
+                              "MJPEG 640x360 over HTTP"]
     for row in overhead.values():
         assert all(isinstance(row[c], float) for c in ("read_ms", "daemon_ms", "ratio"))
         assert row["goal_met"] in ("yes", "no") and 20 < row["daemon_rss_mb"] < 2000
     assert overhead["MJPEG 640x360 over HTTP"]["codec"] == "mjpeg"
+    sizes = {d["stream"]: d["long"]["size"] for d in tables["pipeline_overhead"]["streams"]}
+    assert sizes["MPEG-4 320x240"] == [320, 240]
     for detail in tables["pipeline_overhead"]["streams"]:
         assert len(detail["ratios"]) == 1 and detail["long"]["seconds"] > detail["short"]["seconds"]
     runtimes = {r["runtime"]: r for r in tables["memory_startup"]["rows"]}
