@@ -13,6 +13,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -157,7 +158,11 @@ def test_clips_survive_a_restart_and_a_clip_cut_short_by_sigkill_is_deleted(tmp_
     daemon = launch(config, tmp_path)
     try:
         assert daemon.wait_log("type=start", 60), daemon.stderr
-        partial = list((state / CLIPS_DIR).glob(f"*{PARTIAL_SUFFIX}"))
+        # The worker hands the start to the sink (which logs it) before the recorder opens the clip, so
+        # the clip appears just after the log line: wait for it rather than race the camera thread.
+        deadline = time.monotonic() + 30
+        while not (partial := list((state / CLIPS_DIR).glob(f"*{PARTIAL_SUFFIX}"))) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert len(partial) == 1, "the open incident's clip is being written"
     finally:
         daemon.stop(signal.SIGKILL)
@@ -165,6 +170,18 @@ def test_clips_survive_a_restart_and_a_clip_cut_short_by_sigkill_is_deleted(tmp_
     assert [v for _, v in restarted.clips()] == [kept], "the complete clip survived, nothing else is listed"
     assert not partial[0].exists() and not list((state / CLIPS_DIR).glob("*.json.tmp"))
     assert sorted(p.suffix for p in (state / CLIPS_DIR).iterdir()) == [".json", ".mp4"]
+
+
+def test_a_record_write_cut_short_is_removed_and_the_record_it_replaced_kept(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    earlier = ClipStore(state, ClipsConfig(enabled=True, min_free_bytes=0), "dev-faults")
+    kept = make_clip(earlier, datetime.now(timezone.utc) - timedelta(hours=1))
+    record = next((state / CLIPS_DIR).glob("*.json"))
+    stray = record.with_suffix(".json.tmp")
+    stray.write_text('{"cut sho')  # a run killed between writing the temporary record and renaming it
+    restarted = ClipStore(state, ClipsConfig(enabled=True, min_free_bytes=0), "dev-faults")
+    assert not stray.exists()
+    assert [v for _, v in restarted.clips()] == [kept]
 
 
 @pytest.mark.parametrize(("reserve", "left", "said"), [

@@ -293,7 +293,14 @@ class ClipStore:
         return read_record(path)
 
     def _drop_partials(self) -> None:
-        """A previous run died mid-incident: its partial videos have no index and cannot be decoded."""
+        """A previous run died mid-incident: its partial videos have no index and cannot be decoded.
+
+        A run killed inside ``_write_record`` also leaves its temporary record; the record it was
+        replacing (if any) is intact, so the temporary one is only litter.
+        """
+        for tmp in self.root.glob("*.json.tmp"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
         dropped = 0
         for path in self.root.glob(f"*{PARTIAL_SUFFIX}"):
             with contextlib.suppress(OSError):
