@@ -278,7 +278,9 @@ def manifest_decision(path: Path) -> RecommendedDecision | None:
         return RecommendedDecision(
             threshold=best["threshold"], start_windows=best["start_windows"],
             chosen_by=f"crosseval {sweep['protocol']} sweep: worst held-out source's event balanced accuracy "
-                      f"{best['worst_balanced_accuracy']:.3f} (shipped defaults: {worst_before:.3f})")
+                      f"{best['worst_balanced_accuracy']:.3f} (shipped defaults: {worst_before:.3f})"
+                      + (f", calm spans alarming at most {best['worst_false_alarm_rate']:.0%} "
+                         f"(cap {sweep['false_alarm_cap']:.0%})" if "false_alarm_cap" in sweep else ""))
 
 
 def summary_table(results: dict[str, Any]) -> str:
