@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 CLIPS_DIR = "clips"
 VIDEO_SUFFIX = ".mp4"
 PARTIAL_SUFFIX = ".partial.mp4"
+RECORD_TMP_SUFFIX = ".json.tmp"  # a record being written; renamed over the record when complete
 FOURCC = "mp4v"  # decodes with every OpenCV build the project supports (as edge.synthetic writes)
 MAX_FEEDBACK_BYTES = 4096  # a verdict with the longest note is under 1 kB; anything larger is not one
 
@@ -282,7 +283,7 @@ class ClipStore:
     def _write_record(self, record: ClipRecord) -> None:
         """Atomically (temporary file, then rename), 0600 from creation."""
         path = self._path(record, ".json")
-        tmp = path.with_suffix(".json.tmp")
+        tmp = path.with_suffix(RECORD_TMP_SUFFIX)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(record.model_dump_json(indent=1) + "\n")
@@ -298,7 +299,7 @@ class ClipStore:
         A run killed inside ``_write_record`` also leaves its temporary record; the record it was
         replacing (if any) is intact, so the temporary one is only litter.
         """
-        for tmp in self.root.glob("*.json.tmp"):
+        for tmp in self.root.glob(f"*{RECORD_TMP_SUFFIX}"):
             with contextlib.suppress(OSError):
                 tmp.unlink()
         dropped = 0
