@@ -19,7 +19,7 @@ from edge.core.config import Config, DecisionConfig, load_config, tomllib, valid
 from edge.core.values import Prediction
 from edge.stages.decision import Decider
 from edge.synthetic import render_clip, write_stream, write_video
-from edge.tools.calibrate import Recording, calibrate, sweep
+from edge.tools.calibrate import Recording, calibrate, report, sweep
 from edge.tools.calibrate.sweep import just_above
 from edge.tools.config_edit import ConfigEditError, edit_decision
 from edge.tools.scan import file_camera, scan, select_camera
@@ -95,7 +95,12 @@ def test_calm_recordings_give_a_threshold_with_no_false_alarm_and_a_lower_one_wi
 ) -> None:
     cal = calibrate(config, "door", calm, target=1.0)
     chosen = cal.chosen
-    assert chosen is not None and chosen.start_windows == 1  # no labels: the quickest setting that passes
+    # No labels: the camera's start_windows (here the model's recommended one), or fewer at its threshold.
+    configured = cal.base.start_windows
+    assert chosen is not None and cal.options[configured] is not None
+    assert chosen.threshold == cal.options[configured].threshold  # type: ignore[union-attr]
+    assert all(cal.options[k] is None or cal.options[k].threshold > chosen.threshold  # type: ignore[union-attr]
+               for k in cal.options if k < chosen.start_windows)
     assert cal.hours == pytest.approx(50 / 3600, rel=0.01)
     assert chosen.point.incidents == 0 and chosen.point.false_alarms_per_day == 0.0
     lower = round(chosen.threshold - 1e-4, 4)
@@ -130,11 +135,22 @@ def test_the_choice_rule_on_scripted_scores() -> None:
     recordings = [Recording(Path("quiet"), len(quiet) * STEP, predictions(quiet))]
     fight = Recording(Path("fight"), len(labelled) * STEP, predictions(labelled), [(10 * STEP, 12 * STEP)])
 
-    cal = sweep(recordings, [], base, 1.4, 0.0, "door")
+    cal = sweep(recordings, [], base.model_copy(update={"start_windows": 1}), 1.4, 0.0, "door")
     # The lowest threshold each run of k quiet windows does not reach, to 4 decimals.
     assert {k: c.threshold for k, c in cal.options.items() if c} == {1: 0.7001, 2: 0.5501, 3: 0.1001, 4: 0.1001}
     assert cal.chosen is not None and cal.chosen.start_windows == 1
     assert cal.chosen.highest_quiet_run == pytest.approx(0.7) and cal.chosen.margin == pytest.approx(1e-4)
+    assert "why: no labelled incidents, so the camera's start_windows (1) stays" in report(cal)
+
+    # Without labels the configured start_windows stays, or fewer that reach the same threshold; a count
+    # with no passing threshold gives way to the nearest larger one.
+    for configured, expected in ((2, (2, 0.5501)), (3, (3, 0.1001)), (4, (3, 0.1001)), (9, (3, 0.1001))):
+        chosen = sweep(recordings, [], base.model_copy(update={"start_windows": configured}), 1.4, 0.0, "door").chosen
+        assert chosen is not None and (chosen.start_windows, chosen.threshold) == expected, configured
+    bursts = [Recording(Path("busy"), 40 * STEP, predictions(([1.0] * 3 + [0.1]) * 10))]  # no threshold < 1 quiets 1-3
+    busy = sweep(bursts, [], base.model_copy(update={"start_windows": 1}), 1.4, 0.0, "door")
+    assert [k for k, c in busy.options.items() if c is None] == [1, 2, 3]
+    assert busy.chosen is not None and (busy.chosen.start_windows, busy.chosen.threshold) == (4, 0.1001)
 
     # With a labelled incident too short for one window at 0.7001, two windows at 0.5501 catch it.
     cal = sweep(recordings, [fight], base, 1.4, 0.0, "door")

@@ -23,7 +23,9 @@ Labelled recordings (``--labelled DIR`` with a folder per label, where folders n
 model's anomaly labels hold incidents from start to end and the others none; or ``--intervals FILE``
 with lines ``path start_s end_s``, paths relative to the file) give the recall of incidents and the
 detection delay (from the labelled start to the start event) at each setting; the ``start_windows``
-with the best recall is chosen then, else the smallest. Incidents in labelled recordings outside
+with the best recall is chosen then. Without labels the camera's own ``start_windows`` (the model's
+recommended one unless the config sets it) is kept, or a smaller one reaching the same threshold
+(``sweep.unlabelled_choice`` says why). Incidents in labelled recordings outside
 the labelled intervals are reported, not counted in the rate: those recordings are not ordinary days.
 
 Writes ``calibration.json`` and ``calibration.png`` (the curve; needs the ``plots`` extra, or pass

@@ -43,6 +43,9 @@ def report(cal: Calibration) -> str:
     lines.append(f"chosen: threshold {chosen.threshold:g}, start_windows {chosen.start_windows} "
                  f"({chosen.point.false_alarms_per_day:.2f} false alarms/day; highest no-incident run {quiet}, "
                  f"margin {'-' if chosen.margin is None else f'{chosen.margin:.2g}'})")
+    if not cal.labelled:
+        lines.append(f"why: no labelled incidents, so the camera's start_windows ({cal.base.start_windows}) stays, or "
+                     "fewer where they reach its threshold; --labelled DIR chooses by recall instead")
     if cal.labelled:
         p = chosen.point
         lines.append(f"labelled: {cal.labelled_count} incident(s), recall {p.recall:.2f}, "

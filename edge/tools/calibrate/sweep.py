@@ -235,6 +235,24 @@ class _Sweep:
                       max(delays) if delays else None)
 
 
+def unlabelled_choice(options: dict[int, Choice | None], configured: int) -> Choice | None:
+    """Without labels: the camera's ``start_windows``, or fewer where they reach the same threshold.
+
+    Recordings without incidents say which thresholds stay quiet, not what each setting would catch.
+    The configured ``start_windows`` (the model's recommended one, chosen on labelled clips, unless
+    the installer set one) is the evidence there is; fewer windows at the same threshold are as quiet
+    here and quicker. Taking the fewest windows regardless puts the threshold above the calm
+    recordings' highest single window: on the benchmark stream that found none of its three fights
+    where 2 windows at the 3-window threshold found all three (README, "Decision settings"). When the configured
+    count has no threshold meeting the target, the nearest larger count stands in for it.
+    """
+    feasible = {k: c for k, c in options.items() if c is not None}
+    if not feasible:
+        return None
+    anchor = feasible[min(feasible, key=lambda k: (k < configured, abs(k - configured)))]
+    return min((c for c in feasible.values() if c.threshold <= anchor.threshold), key=lambda c: c.start_windows)
+
+
 def _between(lower: float, upper: float) -> set[float]:
     """Every DIGITS-decimal threshold strictly between two grid points."""
     lo, hi = round(lower * 10**DIGITS), round(upper * 10**DIGITS)
@@ -262,5 +280,5 @@ def sweep(quiet: list[Recording], labelled: list[Recording], base: DecisionConfi
 
             chosen = min(feasible, key=rank)
         else:
-            chosen = min(feasible, key=lambda c: c.start_windows)
+            chosen = unlabelled_choice(options, base.start_windows)
     return Calibration(camera, target, base, window_s, quiet, labelled, list(search.points.values()), options, chosen)
