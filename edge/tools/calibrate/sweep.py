@@ -242,9 +242,9 @@ def unlabelled_choice(options: dict[int, Choice | None], configured: int) -> Cho
     The configured ``start_windows`` (the model's recommended one, chosen on labelled clips, unless
     the installer set one) is the evidence there is; fewer windows at the same threshold are as quiet
     here and quicker. Taking the fewest windows regardless puts the threshold above the calm
-    recordings' highest single window: on the benchmark stream that found none of its three fights
-    where 2 windows at the 3-window threshold found all three (README, "Decision settings"). When the configured
-    count has no threshold meeting the target, the nearest larger count stands in for it.
+    recordings' highest single window: on the benchmark stream that found none of its three fights,
+    where 2 windows at the 3-window threshold found all three (README, "Decision settings"). When
+    the configured count has no threshold meeting the target, the nearest larger count stands in.
     """
     feasible = {k: c for k, c in options.items() if c is not None}
     if not feasible:
