@@ -32,6 +32,7 @@ from converter.sampling import WindowSampling
 from converter.sampling import sample_indices as sample_indices  # re-exported: callers use ds.sample_indices
 from converter.sources import Source, SourceError, map_class
 from edge.preprocess import (
+    MOTION_REPRESENTATIONS,
     PREPROCESS_VERSION,
     SCALE,
     Representation,
@@ -77,25 +78,26 @@ class Decoded:
     clip: Clip
     frames: np.ndarray  # (N, H, W, 3) uint8
     fps: float
-    _flow: dict[tuple[int, int, bool], np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    _motion: dict[tuple[int, int, bool, str], np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def duration_s(self) -> float:
         return len(self.frames) / self.fps
 
-    def flow(self, before: int, after: int, flip: bool = False) -> np.ndarray:
-        """The ``flow`` model input between two of the clip's frames, computed once per pair.
+    def motion(self, before: int, after: int, flip: bool, representation: Representation) -> np.ndarray:
+        """A motion representation's model input between two of the clip's frames, computed once per pair.
 
-        Optical flow costs about a millisecond a pair, and training revisits the same pairs every
-        epoch and in every overlapping window; the value is exactly what ``window_inputs`` gives.
+        Optical flow and its statistics cost about a millisecond a pair, and training revisits the
+        same pairs every epoch and in every overlapping window; the value is exactly what
+        ``window_inputs`` gives.
         """
-        key = (before, after, flip)
-        if key not in self._flow:
+        key = (before, after, flip, representation)
+        if key not in self._motion:
             pair = [self.frames[i].astype(np.float32) * np.float32(SCALE) for i in (before, after)]
             if flip:
                 pair = [p[:, ::-1] for p in pair]
-            self._flow[key] = model_input(pair[1], pair[0], "flow")
-        return self._flow[key]
+            self._motion[key] = model_input(pair[1], pair[0], representation)
+        return self._motion[key]
 
 
 @dataclass
@@ -278,8 +280,9 @@ def load_dataset(
 
 def window_at(item: Decoded, idx: np.ndarray, representation: Representation, flip: bool = False) -> np.ndarray:
     """The model window (T x H x W x C) for sampled frame indices, built by the device's window_inputs."""
-    if representation == "flow":
-        return np.stack([item.flow(int(before), int(after), flip) for before, after in itertools.pairwise(idx)])
+    if representation in MOTION_REPRESENTATIONS:
+        return np.stack([item.motion(int(before), int(after), flip, representation)
+                         for before, after in itertools.pairwise(idx)])
     prepared = item.frames[idx].astype(np.float32) * np.float32(SCALE)
     if flip:
         prepared = prepared[:, :, ::-1]

@@ -37,7 +37,7 @@ from converter.runs import RunRecord, SourceRecord, SplitRecord
 from converter.sampling import DEFAULT_HOP, DEFAULT_INTERVAL_S, DEFAULT_METHOD, SamplingMethod, WindowSampling
 from converter.sources import Source, SourceError, check_fine_tune, unique_sources
 from converter.splits import Split, group_kfold, group_split, random_split
-from edge.preprocess import Representation, channels_for
+from edge.preprocess import MOTION_REPRESENTATIONS, Representation, channels_for
 
 TEST_FRACTION = 0.25
 VAL_FRACTION = 0.2
@@ -218,7 +218,7 @@ def build_model(opts: TrainOptions, num_classes: int) -> keras.Model:
                                     opts.trainable_blocks)
     if opts.arch == "convlstm":
         return build_convlstm(num_classes, opts.frames, opts.size, channels, learning_rate=opts.learning_rate)
-    if opts.representation == "flow":
+    if opts.representation in MOTION_REPRESENTATIONS:
         return build_flowlstm(num_classes, opts.frames, channels, dropout=opts.dropout, lstm_units=opts.lstm_units,
                               learning_rate=opts.learning_rate)
     return build_rclstm(num_classes, opts.frames, opts.size, channels, opts.filters, opts.pools, opts.dropout,
@@ -384,8 +384,9 @@ def load(opts: TrainOptions) -> ds.Dataset:
         raise ValueError(f"--trainable-blocks {opts.trainable_blocks}: fine-tunes the last N of a pretrained "
                          f"encoder's {pretrained.BLOCKS} blocks; pass --encoder {pretrained.NAME} and "
                          f"0..{pretrained.BLOCKS}")
-    if opts.arch == "convlstm" and opts.representation == "flow":
-        raise ValueError("--representation flow is a feature vector per frame, not an image; use --arch rclstm")
+    if opts.arch == "convlstm" and opts.representation in MOTION_REPRESENTATIONS:
+        raise ValueError(f"--representation {opts.representation} is a feature vector per frame, not an image; "
+                         "use --arch rclstm")
     if opts.augment not in ds.AUGMENTS:
         raise ValueError(f"--augment {opts.augment!r} is not one of {', '.join(ds.AUGMENTS)}")
     if not opts.interval > 0 or opts.hop < 1:

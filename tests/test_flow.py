@@ -1,8 +1,10 @@
-"""The ``flow`` representation: what its statistics measure, and that training and the device compute the same.
+"""The motion representations (``flow``, ``normal-flow``): what their statistics measure, and that
+training and the device compute the same.
 
 Flow statistics were chosen because they describe how motion is organised rather than how much of
-it a camera sees (issue 10); the unit tests pin that property on controlled motion, the rest prove
-the converter's windows equal the device's and that a flow bundle runs in both runtimes.
+it a camera sees (issue 10); the unit tests pin that property on controlled motion, for Farneback's
+flow and for the normal flow alike, the rest prove the converter's windows equal the device's and
+that a flow bundle runs in both runtimes.
 """
 
 from __future__ import annotations
@@ -21,7 +23,16 @@ from converter.runs import find_run, held_out
 from converter.sampling import WindowSampling
 from edge.adapters.runtime import BundleModel
 from edge.bundle import read_manifest
-from edge.preprocess import FLOW_FEATURES, SCALE, flow_features, input_shape, model_input, window_inputs
+from edge.preprocess import (
+    FLOW_FEATURES,
+    SCALE,
+    _grey,
+    flow_features,
+    input_shape,
+    model_input,
+    normal_flow,
+    window_inputs,
+)
 from tests.fixtures_models import tflite_python
 
 ENTROPY, COHERENCE = FLOW_FEATURES.index("entropy90"), FLOW_FEATURES.index("coherence90")
@@ -47,31 +58,54 @@ def _moved(image: np.ndarray, shifts: list[tuple[Region, tuple[int, int]]]) -> n
     return out
 
 
-def test_no_previous_frame_reads_as_no_motion() -> None:
-    first = flow_features(_texture(64), None)
+FIELDS = ["farneback", "normal"]
+
+
+@pytest.mark.parametrize("field", FIELDS)
+def test_no_previous_frame_reads_as_no_motion(field: str) -> None:
+    first = flow_features(_texture(64), None, field)  # type: ignore[arg-type]
     assert first.shape == (len(FLOW_FEATURES),) and first.dtype == np.float32
     assert (first[ENTROPY], first[COHERENCE]) == (0.0, 1.0)
 
 
-def test_one_way_motion_is_coherent_and_opposed_motions_are_not() -> None:
+# (field, walking's least coherence): normal flow points along each edge's normal, so one motion
+# spreads over the directions within 90 degrees of it and is less coherent than Farneback's.
+@pytest.mark.parametrize(("field", "coherent"), [("farneback", 0.9), ("normal", 0.7)])
+def test_one_way_motion_is_coherent_and_opposed_motions_are_not(field: str, coherent: float) -> None:
     frame = _texture(64)
     whole = (slice(None), slice(None))
-    walking = flow_features(_moved(frame, [(whole, (0, 2))]), frame)
+    walking = flow_features(_moved(frame, [(whole, (0, 2))]), frame, field)  # type: ignore[arg-type]
     quads = [((slice(0, 32), slice(0, 32)), (2, 0)), ((slice(0, 32), slice(32, 64)), (0, -2)),
              ((slice(32, 64), slice(0, 32)), (-2, 0)), ((slice(32, 64), slice(32, 64)), (0, 2))]
-    scuffle = flow_features(_moved(frame, quads), frame)
-    assert walking[COHERENCE] > 0.9 and walking[ENTROPY] < 0.4  # one direction, split over two bins at most
-    assert scuffle[COHERENCE] < 0.5 and scuffle[ENTROPY] > walking[ENTROPY] + 0.3
+    scuffle = flow_features(_moved(frame, quads), frame, field)  # type: ignore[arg-type]
+    assert walking[COHERENCE] > coherent
+    assert scuffle[COHERENCE] < 0.2 and scuffle[ENTROPY] > walking[ENTROPY] + 0.3
 
 
-def test_statistics_barely_change_with_the_size_of_the_motion() -> None:
+@pytest.mark.parametrize("field", FIELDS)
+def test_statistics_barely_change_with_the_size_of_the_motion(field: str) -> None:
     """The point of the representation: twice the movement (a nearer person) is not a different scene."""
     frame = _texture(64, seed=3)
     whole = (slice(None), slice(None))
-    near = flow_features(_moved(frame, [(whole, (0, 3))]), frame)
-    far = flow_features(_moved(frame, [(whole, (0, 1))]), frame)
+    near = flow_features(_moved(frame, [(whole, (0, 3))]), frame, field)  # type: ignore[arg-type]
+    far = flow_features(_moved(frame, [(whole, (0, 1))]), frame, field)  # type: ignore[arg-type]
     assert abs(near[ENTROPY] - far[ENTROPY]) < 0.15
     assert abs(near[COHERENCE] - far[COHERENCE]) < 0.1
+
+
+def test_normal_flow_follows_the_motion_and_is_zero_without_it() -> None:
+    frame = _grey(_texture(64, seed=5))
+    right = np.roll(frame, 2, axis=1)
+    fx, fy = normal_flow(frame, right)
+    assert fx.dtype == fy.dtype == np.float32 and fx.shape == fy.shape == (64, 64)
+    assert fx.mean() > 0.3 and abs(fy.mean()) < 0.1 * fx.mean()  # rightwards, on average
+    fx, fy = normal_flow(frame, np.roll(frame, -2, axis=0))
+    assert fy.mean() < -0.3 and abs(fx.mean()) < 0.1 * -fy.mean()  # upwards
+    still = normal_flow(frame, frame)
+    assert not still[0].any() and not still[1].any()
+    flat = np.full((64, 64), 90, np.uint8)
+    lit = normal_flow(flat, flat + 40)  # a light switched on over a bare wall: no edge, no motion
+    assert not lit[0].any() and not lit[1].any()
 
 
 # Run in each numpy the daemon supports (numpy 2 here, numpy 1 in the tflite-runtime environment): a
@@ -103,15 +137,17 @@ def test_quantile_levels_are_numpys_bit_for_bit(environment: str) -> None:
 
 
 def test_model_input_shape_is_a_vector() -> None:
-    assert input_shape("flow", 64, 64) == (len(FLOW_FEATURES),)
+    assert input_shape("flow", 64, 64) == input_shape("normal-flow", 64, 64) == (len(FLOW_FEATURES),)
     assert input_shape("diff", 64, 48) == (64, 48, 3)
     frames = [_texture(64, seed=i) for i in range(4)]
-    assert window_inputs(frames, "flow").shape == (3, len(FLOW_FEATURES))
+    assert window_inputs(frames, "flow").shape == window_inputs(frames, "normal-flow").shape == (3, len(FLOW_FEATURES))
+    assert not np.array_equal(window_inputs(frames, "flow"), window_inputs(frames, "normal-flow"))
 
 
 @pytest.mark.slow
-def test_training_windows_equal_the_device_windows(synth_data: Path, frame_cache: Path) -> None:
-    """The converter caches flow per frame pair; its windows must be exactly the device's window_inputs."""
+@pytest.mark.parametrize("representation", ["flow", "normal-flow"])
+def test_training_windows_equal_the_device_windows(synth_data: Path, frame_cache: Path, representation: str) -> None:
+    """The converter caches motion inputs per frame pair; its windows must be exactly the device's window_inputs."""
     data = ds.load_dataset(synth_data, frames=20, size=64, cache_dir=frame_cache)
     sampling = WindowSampling("spread", 20)
     for item in data.clips[:4]:
@@ -120,10 +156,11 @@ def test_training_windows_equal_the_device_windows(synth_data: Path, frame_cache
             prepared = item.frames[idx].astype(np.float32) * np.float32(SCALE)
             if flip:
                 prepared = prepared[:, :, ::-1]
-            device = window_inputs(list(prepared), "flow")
-            assert np.array_equal(ds.window_at(item, idx, "flow", flip), device)
-            assert np.array_equal(ds.window_at(item, idx, "flow", flip), device)  # the cached second call too
-        assert np.array_equal(model_input(prepared[1], prepared[0], "flow"), device[0])
+            device = window_inputs(list(prepared), representation)  # type: ignore[arg-type]
+            assert np.array_equal(ds.window_at(item, idx, representation, flip), device)  # type: ignore[arg-type]
+            # the cached second call too
+            assert np.array_equal(ds.window_at(item, idx, representation, flip), device)  # type: ignore[arg-type]
+        assert np.array_equal(model_input(prepared[1], prepared[0], representation), device[0])  # type: ignore[arg-type]
 
 
 @pytest.mark.slow
