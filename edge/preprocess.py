@@ -33,7 +33,7 @@ class FrameError(ValueError):
 
 
 def channels_for(representation: Representation) -> int:
-    """Number of input channels a representation produces (for ``flow``, the length of its feature vector)."""
+    """Number of input channels a representation produces (for a motion one, the length of its feature vector)."""
     if representation not in REPRESENTATIONS:
         raise ValueError(f"representation {representation!r} is not one of {', '.join(REPRESENTATIONS)}")
     if representation in MOTION_REPRESENTATIONS:
