@@ -9,7 +9,7 @@ source is best: an installer's camera may be like either source. The model is no
 
 Balanced accuracy alone weighs a calm clip's false alarm the same as a missed fight, and at the
 low thresholds that buy the last few fights a store would see an incident open on half its calm
-footage (measured on the shipped flow model: the uncapped best, 0.35 / 3 windows, alarmed on 50 %
+footage (measured on version 1 of the shipped flow model: the uncapped best, 0.35 / 3 windows, alarmed on 50 %
 of fight-surv's calm clips for 0.013 more worst-source balanced accuracy than 0.5 / 3, which
 alarms on 19 %; on the benchmark's 74 s stream 0.35 held one incident open through the calm
 and 0.5 found all three fights with one false start). So a setting qualifies only if no source's
