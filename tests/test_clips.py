@@ -126,7 +126,7 @@ def make_clip(store: ClipStore, start: datetime, frames: int = 20, kind: ClipKin
 
 def test_storage_is_bounded_by_size_oldest_first(tmp_path: Path) -> None:
     store = ClipStore(tmp_path, ClipsConfig(enabled=True, min_free_bytes=0), "pi-1")
-    t0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    t0 = datetime.now(timezone.utc) - timedelta(days=1)  # recent: max_age_days must not be what removes them
     one = make_clip(store, t0)
     size = one.stat().st_size + one.with_suffix(".json").stat().st_size
     store.cfg = ClipsConfig(enabled=True, min_free_bytes=0, max_bytes=max(100_000, int(size * 3.5)))

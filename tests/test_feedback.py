@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -36,8 +36,9 @@ def verdict(**changes: object) -> bytes:
 @pytest.fixture
 def store(tmp_path: Path) -> ClipStore:
     clips = ClipStore(tmp_path, ClipsConfig(enabled=True, min_free_bytes=0), "pi-1")
-    make_clip(clips, datetime(2026, 11, 1, tzinfo=timezone.utc), kind="incident", clip_id=INCIDENT)
-    make_clip(clips, datetime(2026, 11, 2, tzinfo=timezone.utc), kind="calm", clip_id=CALM)
+    now = datetime.now(timezone.utc)  # recent clips: max_age_days (30) would otherwise remove them
+    make_clip(clips, now - timedelta(days=2), kind="incident", clip_id=INCIDENT)
+    make_clip(clips, now - timedelta(days=1), kind="calm", clip_id=CALM)
     return clips
 
 
