@@ -16,7 +16,7 @@ from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 
-from bench import accuracy, latency, memory_startup, model_cost, pipeline_overhead, scaling
+from bench import accuracy, floor, latency, memory_startup, model_cost, pipeline_overhead, scaling
 from bench.bundles import Models
 from bench.common import CACHE, RESULTS, ROOT, Settings, Table, machine, machine_line, write_results
 from bench.streams import build_stream, synthetic_stream
@@ -68,6 +68,7 @@ class Context:
 BENCHMARKS: dict[str, Callable[[Context], Table]] = {
     "model_cost": lambda c: model_cost.run(c.settings, c.models),
     "pipeline_overhead": lambda c: pipeline_overhead.run(c.settings, *c.device, c.labels),
+    "floor": lambda c: floor.run(c.settings, *c.device, c.labels),
     "memory_startup": lambda c: memory_startup.run(c.settings, c.stream, *c.device),
     "latency": Context.latency,
     "accuracy": lambda c: accuracy.run(c.settings, c.models),

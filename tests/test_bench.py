@@ -17,7 +17,7 @@ import pytest
 from testbed.broker import mosquitto_binary
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLES = ("model_cost", "pipeline_overhead", "memory_startup", "latency", "accuracy", "scaling")
+TABLES = ("model_cost", "pipeline_overhead", "floor", "memory_startup", "latency", "accuracy", "scaling")
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +74,11 @@ def test_pipeline_memory_and_scaling_figures_are_sane(quick_results: dict) -> No
     assert sizes["MPEG-4 320x240"] == [320, 240]
     for detail in tables["pipeline_overhead"]["streams"]:
         assert len(detail["ratios"]) == 1 and detail["long"]["seconds"] > detail["short"]["seconds"]
+    floor = {r["stream"]: r for r in tables["floor"]["rows"]}
+    assert list(floor) == list(overhead)[:4]  # the files; the MJPEG camera is left out
+    for row in floor.values():
+        assert all(isinstance(row[f"{c}_ms"], float) for c in ("read", "grab", "retrieve", "prepare", "input"))
+        assert row["goal_reachable"] in ("yes", "no")
     runtimes = {r["runtime"]: r for r in tables["memory_startup"]["rows"]}
     assert "ai-edge-litert" in runtimes
     for row in runtimes.values():
@@ -102,3 +107,18 @@ def test_unknown_model_is_a_one_line_usage_error(tmp_path: Path) -> None:
                           cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2
     assert "--model" in done.stderr and "no such file" in done.stderr
+
+
+@pytest.mark.parametrize("step", ["grab", "retrieve", "prepare", "input"])
+def test_the_floor_loop_does_the_daemons_work_up_to_its_step(step: str, tmp_path: Path) -> None:
+    from bench.floor import steps_loop
+    from edge.models import resolve_bundle
+    from testbed.faults import pattern_video
+
+    # 2 s at 25 fps; the shipped bundle samples every 0.1 s: 20 frames taken, the first one at 0. The last
+    # frame (1.96 s) is retrieved too: it would be taken for the target at 2.0 s had the stream gone on.
+    video = pattern_video(tmp_path / "pattern.mp4", 320, 240, frames=50, fps=25.0)
+    frames, retrieved, prepared = steps_loop(str(video), str(resolve_bundle("builtin")), step)
+    assert frames == 50
+    assert retrieved == {"grab": 0}.get(step, 21)
+    assert prepared == {"grab": 0, "retrieve": 0}.get(step, 20)
