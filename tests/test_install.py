@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -255,3 +256,20 @@ def test_documented_wheel_installs_with_install_package(tmp_path: Path) -> None:
                            capture_output=True, text=True, check=True, env=clean, cwd=tmp_path)
     version, location = probe.stdout.split()
     assert version == __import__("edge").__version__ and location.startswith(str(root / "opt/rclstm-edge/venv"))
+
+
+def test_the_units_environment_starts_the_daemon_without_blas_threads() -> None:
+    """numpy's and OpenCV's OpenBLAS start worker threads at import that the daemon never uses."""
+    unit_env = dict(re.findall(r"^Environment=(\w+)=(\S+)$", (REPO / "systemd/rclstm-edge.service").read_text(), re.M))
+    assert unit_env.get("OPENBLAS_NUM_THREADS") == "1"
+    count = "import os, edge.app.daemon; print(len(os.listdir('/proc/self/task')))"
+    base = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+
+    def threads(env: dict[str, str]) -> int:
+        done = subprocess.run([sys.executable, "-c", count], env=env, cwd=REPO, capture_output=True, text=True,
+                              check=True, timeout=120)
+        return int(done.stdout.split()[-1])
+
+    assert threads({**base, **unit_env}) == 1
+    if (os.cpu_count() or 1) > 1:  # one core: OpenBLAS starts no workers anyway
+        assert threads(base) > 1
