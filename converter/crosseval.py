@@ -94,7 +94,7 @@ def _score(
     model: Any, data: ds.Dataset, test: np.ndarray, opts: TrainOptions, seed: int, interval: float
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """Clip units, event units (one per clip or spliced span) and each stream's window scores, per source."""
-    settings, classifier = decision_defaults(), classifier_defaults()
+    settings, classifier = decision_defaults(), classifier_defaults(opts.hop)
     anomaly_index = [data.labels.index(a) for a in opts.anomaly_classes]
     predict = ds.keras_predictor(model)
     items = [data.clips[i] for i in test]
@@ -205,7 +205,7 @@ def _header(opts: CrossEvalOptions, data: ds.Dataset, interval: float) -> dict[s
         "sampling": topts.window_sampling().manifest([(len(d.frames), d.fps) for d in data.clips]),
         "event_interval_s": interval,
         "decision": decision_defaults().model_dump(),
-        "classifier": classifier_defaults().model_dump(),
+        "classifier": classifier_defaults(topts.hop).model_dump(),
         "seeds": list(range(topts.seed, topts.seed + opts.seeds)),
         "protocols": opts.protocols,
         "bootstrap": {"resamples": opts.resamples, "level": 0.95, "resampled": "groups", "pooled_over": "seeds"},
@@ -276,7 +276,7 @@ def manifest_decision(path: Path) -> RecommendedDecision | None:
             return None
         best, worst_before = sweep["best"], sweep["current"]["worst_balanced_accuracy"]
         return RecommendedDecision(
-            threshold=best["threshold"], start_windows=best["start_windows"],
+            threshold=best["threshold"], start_windows=best["start_windows"], hop=results["classifier"]["hop"],
             chosen_by=f"crosseval {sweep['protocol']} sweep: worst held-out source's event balanced accuracy "
                       f"{best['worst_balanced_accuracy']:.3f} (shipped defaults: {worst_before:.3f})"
                       + (f", calm spans alarming at most {best['worst_false_alarm_rate']:.0%} "

@@ -24,9 +24,13 @@ def decision_defaults() -> DecisionConfig:
     return DecisionConfig()
 
 
-def classifier_defaults() -> ClassifierConfig:
-    """The device's classifier settings as shipped (a window every 4 sampled frames, scene cuts at 0.6)."""
-    return ClassifierConfig()
+def classifier_defaults(hop: int | None = None) -> ClassifierConfig:
+    """The device's classifier settings as shipped (a window every 4 sampled frames, scene cuts at 0.6).
+
+    ``hop`` replaces the shipped hop: a model sampled at another interval is classified on its own grid
+    (the bundle records it, and the device uses it unless a config sets one).
+    """
+    return ClassifierConfig() if hop is None else ClassifierConfig(hop=hop)
 
 
 def incident_times(ts: Sequence[float], scores: Sequence[float], settings: DecisionConfig) -> list[tuple[float, float]]:

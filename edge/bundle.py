@@ -166,11 +166,18 @@ class RecommendedDecision(_Strict):
 
     threshold: float = Field(ge=0.0, le=1.0)
     start_windows: int = Field(ge=1, le=1000)
+    # The classifier.hop the settings were chosen at: start_windows counts windows, so the same count
+    # means another span of video at another hop. None (bundles before it was recorded): the config's.
+    hop: int | None = Field(None, ge=1, le=256)
     chosen_by: str = Field(max_length=500)
 
     def settings(self) -> dict[str, float | int]:
         """The decision keys this recommends, as ``Config.decision_for`` takes them."""
         return {"threshold": self.threshold, "start_windows": self.start_windows}
+
+    def classifier_settings(self) -> dict[str, int]:
+        """The classifier keys this recommends, as ``Config.classifier_for`` takes them."""
+        return {} if self.hop is None else {"hop": self.hop}
 
 
 class Manifest(_Strict):

@@ -191,6 +191,7 @@ def test_an_old_config_with_hop_under_decision_still_runs_and_says_where_it_move
 def test_check_says_which_decision_settings_apply_and_whose_they_are(tmp_path: Path) -> None:
     """The builtin model recommends its own threshold; check shows it, and a configured value wins."""
     from edge.bundle import read_manifest
+    from edge.core.config import DEFAULT_HOP
     from edge.models import resolve_bundle
 
     recommended = read_manifest(resolve_bundle("builtin")).decision
@@ -202,4 +203,6 @@ def test_check_says_which_decision_settings_apply_and_whose_they_are(tmp_path: P
                       f'[[cameras]]\nid = "door"\nsource = "{video}"\n')
     proc = rclstm("check", "--config", str(config))
     model = next(line for line in proc.stdout.splitlines() if line.startswith("PASS model"))
-    assert model.endswith(f"decision threshold 0.6 (config), start_windows {recommended.start_windows} (the model's)")
+    hop = f"hop {recommended.hop} (the model's)" if recommended.hop else f"hop {DEFAULT_HOP} (default)"
+    assert model.endswith(f"decision threshold 0.6 (config), start_windows {recommended.start_windows} (the model's), "
+                          f"{hop}")

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge.core.config import (
+    DEFAULT_HOP,
     PASSWORD_ENV,
     Config,
     ConfigError,
@@ -254,3 +255,17 @@ def test_a_models_recommended_decision_fills_only_what_the_config_leaves_unset(t
     written = load_config(path)
     chosen = written.decision_for(written.cameras[0], recommended)
     assert (chosen.threshold, chosen.start_windows) == (0.8, 4)
+
+
+def test_a_models_recommended_hop_applies_unless_the_config_sets_one(tmp_path: Path) -> None:
+    """A model's decision settings were chosen at its hop; a hop the installer wrote still wins, per camera too."""
+    plain = load_config(None)
+    assert plain.classifier_for(plain.cameras[0], {"hop": 2}).hop == 2
+    assert plain.classifier_for(plain.cameras[0]).hop == DEFAULT_HOP
+    path = tmp_path / "config.toml"
+    path.write_text("[classifier]\nhop = 6\n\n[[cameras]]\nid = \"door\"\nsource = 0\n\n"
+                    "[[cameras]]\nid = \"till\"\nsource = 1\n[cameras.classifier]\nhop = 8\n")
+    written = load_config(path)
+    assert [written.classifier_for(c, {"hop": 2}).hop for c in written.cameras] == [6, 8]
+    path.write_text("[[cameras]]\nid = \"till\"\nsource = 1\n[cameras.classifier]\nhop = 8\n")
+    assert load_config(path).classifier_for(load_config(path).cameras[0], {"hop": 2}).hop == 8

@@ -138,15 +138,19 @@ def two_generated_sources(tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
 
 @pytest.fixture(scope="module")
 def crosseval_out(two_generated_sources: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`crosseval` run once on the two generated sources (1 seed, tiny model); its --out folder."""
+    """`crosseval` run once on the two generated sources (1 seed, tiny model); its --out folder.
+
+    At a hop of 3, not the device's default 4: the event level must be scored on the hop the run was
+    given, and the bundle converted from it must carry that hop with its decision settings.
+    """
     from converter.cli import main
 
     short, long = two_generated_sources
     out = tmp_path_factory.mktemp("crosseval") / "out"
     assert main(["crosseval", str(short), f"far={long}", "--anomaly-classes", "fight", "--out", str(out),
                  "--seeds", "1", "--epochs", "1", "--filters", "4", "--pools", "8", "--frames", "8",
-                 "--sampling", "interval", "--interval", "0.1", "--batch-size", "8", "--bootstrap", "100",
-                 "--cache", str(out.parent / "cache")]) == 0
+                 "--sampling", "interval", "--interval", "0.1", "--hop", "3", "--batch-size", "8",
+                 "--bootstrap", "100", "--cache", str(out.parent / "cache")]) == 0
     return out
 
 
@@ -161,7 +165,7 @@ def test_crosseval_end_to_end_writes_every_field(crosseval_out: Path) -> None:
     assert results["complete"] is True
     assert [s["name"] for s in results["sources"]] == ["short", "far"]
     assert results["sampling"]["method"] == "interval" and results["decision"]["start_windows"] == 3
-    assert results["classifier"] == {"hop": 4, "scene_cut": 0.6}
+    assert results["classifier"] == {"hop": 3, "scene_cut": 0.6}
     rows = {(r["protocol"], r["level"], r["source"]): r for r in results["summary"]}
     assert set(rows) == {(p, level, s) for p in ("loso", "group") for level in ("clip", "event")
                          for s in ("short", "far")}
@@ -256,6 +260,7 @@ def test_train_and_evaluate_on_two_sources_with_a_class_map(
         best["threshold"], best["start_windows"])
     assert BundleModel(bundle).recommended_decision() == {"threshold": best["threshold"],
                                                           "start_windows": best["start_windows"]}
+    assert manifest["decision"]["hop"] == 3 and BundleModel(bundle).recommended_classifier() == {"hop": 3}
     capsys.readouterr()
     assert main(["inspect", str(bundle)]) == 0
     shown = capsys.readouterr().out

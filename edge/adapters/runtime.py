@@ -187,6 +187,10 @@ class BundleModel:
         """The decision settings the bundle recommends for itself (none for bundles without them)."""
         return self.manifest.decision.settings() if self.manifest.decision else {}
 
+    def recommended_classifier(self) -> dict[str, int]:
+        """The classifier settings (the hop) the bundle's decision settings were chosen at, if it records them."""
+        return self.manifest.decision.classifier_settings() if self.manifest.decision else {}
+
     @property
     def streaming(self) -> bool:
         return self.manifest.streaming

@@ -38,7 +38,7 @@ class CameraWorker:
         self.camera = camera
         self.sink = sink
         decision = config.decision_for(camera, model.recommended_decision())
-        classifier = config.classifier_for(camera)
+        classifier = config.classifier_for(camera, model.recommended_classifier())
         self.recorder = None if clips is None else ClipRecorder(
             clips, config.clips, camera.id, config.device_id, config.site, model.manifest, decision, classifier.hop)
         recorder = self.recorder

@@ -321,9 +321,15 @@ class Config(_Section):
         base = DecisionConfig(**chosen)
         return base.model_copy(update=camera.decision.model_dump(exclude_none=True))
 
-    def classifier_for(self, camera: CameraConfig) -> ClassifierConfig:
-        """The device-wide classifier settings with the camera's overrides applied."""
-        return self.classifier.model_copy(update=camera.classifier.model_dump(exclude_none=True))
+    def classifier_for(self, camera: CameraConfig, recommended: Mapping[str, int] | None = None) -> ClassifierConfig:
+        """The device-wide classifier settings with the camera's overrides applied.
+
+        ``recommended`` (the hop the model's decision settings were chosen at) replaces the built-in
+        default for the keys the config does not set, as in ``decision_for``.
+        """
+        chosen = {**(recommended or {}), **self.classifier.model_dump(include=self.classifier.model_fields_set)}
+        base = ClassifierConfig(**chosen)
+        return base.model_copy(update=camera.classifier.model_dump(exclude_none=True))
 
 
 def _default_device_id() -> str:

@@ -11,11 +11,15 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge.core.config import Config, ConfigError, load_config, resolve_password, secret_exposure_warning
 from edge.core.errors import EXIT_FAIL, EXIT_OK, EXIT_USAGE
+
+if TYPE_CHECKING:
+    from edge.adapters.runtime import BundleModel
 
 
 def _line(ok: bool, item: str, reason: str) -> bool:
@@ -94,21 +98,25 @@ def _check_model(config: Config, frame: np.ndarray | None) -> tuple[bool, str, s
     top = model.manifest.labels[int(np.argmax(probs))]
     return True, item, (f"{model.manifest.name} {model.manifest.version} on {model.runtime.name} "
                         f"{model.runtime.version} classified one window of {source} in {elapsed_ms:.0f} ms "
-                        f"(top label {top}); {_decision_origin(config, model.recommended_decision())}")
+                        f"(top label {top}); {_decision_origin(config, model)}")
 
 
-def _decision_origin(config: Config, recommended: dict[str, float | int]) -> str:
-    """Which threshold and start_windows the daemon will use, and where each comes from.
+def _decision_origin(config: Config, model: BundleModel) -> str:
+    """Which threshold, start_windows and hop the daemon will use, and where each comes from.
 
     A bundle may recommend its own (its manifest's ``decision``); an installer reading ``check``
     should see that the number in effect is not the one in the docs' example.
     """
-    chosen = config.decision_for(config.cameras[0], recommended)
+    camera = config.cameras[0]
+    decision, classifier = model.recommended_decision(), model.recommended_classifier()
+    sections = [(config.decision, decision, config.decision_for(camera, decision), ("threshold", "start_windows")),
+                (config.classifier, classifier, config.classifier_for(camera, classifier), ("hop",))]
     parts = []
-    for key in ("threshold", "start_windows"):
-        origin = ("config" if key in config.decision.model_fields_set
-                  else "the model's" if key in recommended else "default")
-        parts.append(f"{key} {getattr(chosen, key)} ({origin})")
+    for section, recommended, chosen, keys in sections:
+        for key in keys:
+            origin = ("config" if key in section.model_fields_set
+                      else "the model's" if key in recommended else "default")
+            parts.append(f"{key} {getattr(chosen, key)} ({origin})")
     return "decision " + ", ".join(parts)
 
 

@@ -128,12 +128,13 @@ def replay(
     fps = probe(camera)
     model = BundleModel.configured(config.model, model_spec)
     decision = config.decision_for(camera, model.recommended_decision())
+    classifier = config.classifier_for(camera, model.recommended_classifier())
     out_dir.mkdir(parents=True, exist_ok=True)
     annotator = Annotator(out_dir / VIDEO_NAME, fps)
     events_path = out_dir / EVENTS_NAME
     with events_path.open("wb") as events:
         try:
-            result = scan(camera, decision, config.classifier_for(camera), model, config.device_id, config.site,
+            result = scan(camera, decision, classifier, model, config.device_id, config.site,
                           sink=EventsFile(events), on_frame=annotator)
         finally:
             annotator.close()

@@ -83,7 +83,8 @@ def calibrate(
     for path in [*recordings, *(p for p, _ in labelled_paths)]:
         probe(file_camera(camera, path))  # an unreadable recording fails before any inference
     model = BundleModel.configured(config.model, model_spec)
-    decision, classifier = config.decision_for(camera, model.recommended_decision()), config.classifier_for(camera)
+    decision = config.decision_for(camera, model.recommended_decision())
+    classifier = config.classifier_for(camera, model.recommended_classifier())
 
     def score(path: Path) -> Recording:
         result = scan(file_camera(camera, path), decision, classifier, model, config.device_id, config.site)
