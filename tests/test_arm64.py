@@ -25,8 +25,6 @@ from testbed.arm64 import SCORE_TOL, TIME_TOL_S, compare_check, compare_events, 
 from tests.media import read_frames
 
 ROOT = Path(__file__).resolve().parents[1]
-# The model a device runs (fight-flow 2), which finds both of the clip's generated fights, as in .ci/arm64.
-MODEL = "builtin"
 
 
 def _edge(*args: str) -> str:
@@ -44,9 +42,10 @@ def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(clip_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Two runs of `run --fast` on the clip: fresh event ids and anchors, the same incidents."""
-    clip = str(clip_dir / "clip.mp4")
-    first, second = (load_events(_edge("run", "--source", clip, "--fast", "--model", MODEL,
+    """Two runs of `run --fast` on the clip with the built-in model and the clip's config, as in .ci/arm64:
+    fresh event ids and anchors, the same incidents."""
+    clip, config = str(clip_dir / "clip.mp4"), str(clip_dir / "check.toml")
+    first, second = (load_events(_edge("run", "--config", config, "--source", clip, "--fast",
                                        "--state-dir", str(clip_dir / f"state{i}"))) for i in range(2))
     return first, second
 
@@ -70,8 +69,8 @@ def test_a_clip_decoded_two_levels_apart_agrees(clip_dir: Path, runs: tuple[list
     write_video(clip_dir / "noisy.mp4",
                 [np.clip(f.astype(np.int16) + rng.integers(-2, 3, f.shape), 0, 255).astype(np.uint8) for f in frames],
                 fps)
-    noisy = load_events(_edge("run", "--source", str(clip_dir / "noisy.mp4"), "--fast", "--model", MODEL,
-                              "--state-dir", str(clip_dir / "noisy-state")))
+    noisy = load_events(_edge("run", "--config", str(clip_dir / "check.toml"), "--source", str(clip_dir / "noisy.mp4"),
+                              "--fast", "--state-dir", str(clip_dir / "noisy-state")))
     assert max_differences(runs[0], noisy)["score"] > 0, "the noise did not reach the model"
     assert compare_events(runs[0], noisy) == []
 
@@ -132,3 +131,11 @@ def test_the_command_line_prints_one_line_and_exits_1_on_a_difference(runs: tupl
     differ = subprocess.run([sys.executable, "-m", "testbed.arm64", "events", str(x86), str(arm)],
                             capture_output=True, text=True, cwd=ROOT)
     assert differ.returncode == 1 and len(differ.stdout.splitlines()) == 1, differ
+
+
+def test_a_recording_runs_with_the_models_own_settings(clip_dir: Path, tmp_path: Path) -> None:
+    """RCLSTM_ARM64_CLIP: the recording is copied in and the config leaves the decision to the model."""
+    arm64.prepare(tmp_path, clip_dir / "clip.mp4")
+    assert (tmp_path / "clip.mp4").read_bytes() == (clip_dir / "clip.mp4").read_bytes()
+    assert "[decision]" not in (tmp_path / "check.toml").read_text()
+    assert "[decision]\nthreshold = 0.3\n" in (clip_dir / "check.toml").read_text()

@@ -112,13 +112,17 @@ def test_unknown_model_is_a_one_line_usage_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize("step", ["grab", "retrieve", "prepare", "input"])
 def test_the_floor_loop_does_the_daemons_work_up_to_its_step(step: str, tmp_path: Path) -> None:
     from bench.floor import steps_loop
+    from edge.bundle import read_manifest
     from edge.models import resolve_bundle
     from testbed.faults import pattern_video
 
-    # 2 s at 25 fps; the shipped bundle samples every 0.1 s: 20 frames taken, the first one at 0. The last
-    # frame (1.96 s) is retrieved too: it would be taken for the target at 2.0 s had the stream gone on.
+    # 2 s at 25 fps. The shipped bundle samples every 0.2 s, every 5th frame: each target falls on a frame
+    # of its own, so 10 frames are taken (the first at 0) and no other frame is ever a candidate. (At
+    # 0.1 s, between two frames, the frame after a tied target was retrieved as well: 21 for 20.)
+    bundle = resolve_bundle("builtin")
+    assert read_manifest(bundle).sampling.frame_interval_s == 0.2
     video = pattern_video(tmp_path / "pattern.mp4", 320, 240, frames=50, fps=25.0)
-    frames, retrieved, prepared = steps_loop(str(video), str(resolve_bundle("builtin")), step)
+    frames, retrieved, prepared = steps_loop(str(video), str(bundle), step)
     assert frames == 50
-    assert retrieved == {"grab": 0}.get(step, 21)
-    assert prepared == {"grab": 0, "retrieve": 0}.get(step, 20)
+    assert retrieved == {"grab": 0}.get(step, 10)
+    assert prepared == {"grab": 0, "retrieve": 0}.get(step, 10)

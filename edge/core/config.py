@@ -110,9 +110,10 @@ class DecisionConfig(_Section):
 class ClassifierConfig(_Section):
     """How often a camera's windows are classified and what the classifier reads as a scene cut.
 
-    ``hop`` is how many newly sampled frames pass between two classifications; with the shipped
-    model's 20-frame window a hop of 4 keeps an alert at most a fifth of a window behind (the
-    converter evaluates interval-sampled clips on the same grid, so it reads ``DEFAULT_HOP``).
+    ``hop`` is how many newly sampled frames pass between two classifications, a fifth of a window
+    for a 20-frame one at the default 4. A bundle may record the hop its decision settings were
+    chosen at (the shipped model's: 2 of its 10 frames, 0.4 s); unset here, that one applies
+    (``classifier_for``), else ``DEFAULT_HOP``, the grid the converter evaluates clips on by default.
 
     ``scene_cut`` is the share of the picture that must change between two sampled frames for the
     change to count as a cut (lights switched, a day/night switch, the camera moved), not as
