@@ -31,10 +31,10 @@ def segments(settings: Settings, normal: str, anomaly: str) -> list[tuple[str, f
 
 def run(settings: Settings, stream: dict, bundle: Path, source: str, anomaly: str) -> Table:
     manifest = read_manifest(bundle)
-    # What the daemon decides with: the bundle's recommended settings over the built-in defaults (the
-    # benchmark's config sets none), as Config.decision_for gives them.
+    # What the daemon decides with: the bundle's recommended settings and hop over the built-in defaults
+    # (the benchmark's config sets none), as Config.decision_for and classifier_for give them.
     decision = DecisionConfig(**(manifest.decision.settings() if manifest.decision else {}))
-    hop = ClassifierConfig().hop
+    hop = ClassifierConfig(**(manifest.decision.classifier_settings() if manifest.decision else {})).hop
     hop_s = hop * manifest.sampling.frame_interval_s
     goal = manifest.sampling.window_s + hop_s
     table = Table("latency", "Alert latency: fight segment's first frame to `start` at a subscriber",
