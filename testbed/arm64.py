@@ -136,10 +136,10 @@ def prepare(folder: Path, recording: Path | None = None) -> None:
     clip = folder / "clip.mp4"
     if recording is None:
         write_stream(clip, CLIP_SEGMENTS, fps=25, size=(320, 240), seed=3)
+        decision = "[decision]\n" + "".join(f"{key} = {value}\n" for key, value in GENERATED_DECISION.items()) + "\n"
     else:
         shutil.copyfile(recording, clip)
-    decision = "" if recording is not None else "[decision]\n" + "".join(
-        f"{key} = {value}\n" for key, value in GENERATED_DECISION.items()) + "\n"
+        decision = ""
     (folder / "check.toml").write_text(
         f'device_id = "arm64-check"\nsite = "ci"\nstate_dir = "{folder / "state"}"\n\n'
         f'[model]\nbundle = "builtin"\n\n{decision}[[cameras]]\nid = "clip"\nsource = "{clip}"\n'

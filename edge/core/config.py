@@ -15,7 +15,7 @@ import stat
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -78,6 +78,9 @@ class ConfigError(UsageError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+SectionT = TypeVar("SectionT", bound=_Section)
 
 
 class ModelConfig(_Section):
@@ -318,9 +321,7 @@ class Config(_Section):
         ``recommended`` (the model's own, from its manifest) replaces the built-in defaults for the
         keys the config does not set: a value an installer wrote, or `calibrate` chose, always wins.
         """
-        chosen = {**(recommended or {}), **self.decision.model_dump(include=self.decision.model_fields_set)}
-        base = DecisionConfig(**chosen)
-        return base.model_copy(update=camera.decision.model_dump(exclude_none=True))
+        return _layered(self.decision, recommended, camera.decision)
 
     def classifier_for(self, camera: CameraConfig, recommended: Mapping[str, int] | None = None) -> ClassifierConfig:
         """The device-wide classifier settings with the camera's overrides applied.
@@ -328,9 +329,14 @@ class Config(_Section):
         ``recommended`` (the hop the model's decision settings were chosen at) replaces the built-in
         default for the keys the config does not set, as in ``decision_for``.
         """
-        chosen = {**(recommended or {}), **self.classifier.model_dump(include=self.classifier.model_fields_set)}
-        base = ClassifierConfig(**chosen)
-        return base.model_copy(update=camera.classifier.model_dump(exclude_none=True))
+        return _layered(self.classifier, recommended, camera.classifier)
+
+
+def _layered(device: SectionT, recommended: Mapping[str, Any] | None, camera: BaseModel) -> SectionT:
+    """Built-in defaults, then the model's ``recommended`` keys, then what the config set device-wide,
+    then the camera's overrides: one precedence for every section a model may recommend keys of."""
+    chosen = {**(recommended or {}), **device.model_dump(include=device.model_fields_set)}
+    return type(device)(**chosen).model_copy(update=camera.model_dump(exclude_none=True))
 
 
 def _default_device_id() -> str:
