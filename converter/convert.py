@@ -387,6 +387,11 @@ class _Inputs:
     name: str
 
     @property
+    def preprocess_version(self) -> int:
+        """The frame preprocessing the model was trained on, which its bundle records."""
+        return self.run.preprocess_version if self.run else PREPROCESS_VERSION
+
+    @property
     def channels(self) -> int:
         return channels_for(self.representation)
 
@@ -503,12 +508,14 @@ def _calibration(inputs: _Inputs, opts: ConvertOptions, rng: np.random.Generator
     if opts.quantize != "int8":
         return None
     if opts.calibration:
-        calib_data = ds.load_dataset(opts.calibration, inputs.labels, inputs.frames, inputs.size, opts.cache)
+        calib_data = ds.load_dataset(opts.calibration, inputs.labels, inputs.frames, inputs.size, opts.cache,
+                                     version=inputs.preprocess_version)
     elif inputs.run:
         run = inputs.run
         held = {item.clip.name for item in inputs.data.clips}
         all_clips = ds.load_dataset(run.source_list(), run.options.get("classes"), inputs.frames, inputs.size,
-                                    opts.cache, class_map=run.class_map, sampling=inputs.sampling)
+                                    opts.cache, class_map=run.class_map, sampling=inputs.sampling,
+                                    version=inputs.preprocess_version)
         calib_data = ds.Dataset([c for c in all_clips.clips if c.clip.name not in held], inputs.labels, [], "")
     else:
         raise ConvertError("--quantize int8 needs calibration clips: pass --calibration DATA_DIR")
@@ -538,7 +545,7 @@ def _build_bundle(
         labels=inputs.labels,
         anomaly_labels=inputs.anomaly,
         input={"frames": inputs.frames, "height": inputs.size, "width": inputs.size, "channels": inputs.channels,
-               "representation": inputs.representation, "preprocess_version": PREPROCESS_VERSION},
+               "representation": inputs.representation, "preprocess_version": inputs.preprocess_version},
         sampling=Sampling(**recorded),
         quantization=opts.quantize,
         signatures=_signatures(model_file),

@@ -161,14 +161,14 @@ def scan(
     return clips, labels, how
 
 
-def _cache_path(cache_dir: Path, path: Path, height: int, width: int) -> Path:
+def _cache_path(cache_dir: Path, path: Path, height: int, width: int, version: int) -> Path:
     stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_mtime_ns}|{stat.st_size}|{height}x{width}|{_CACHE_FORMAT}|{PREPROCESS_VERSION}"
+    key = f"{path.resolve()}|{stat.st_mtime_ns}|{stat.st_size}|{height}x{width}|{_CACHE_FORMAT}|{version}"
     return cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.npz"
 
 
-def decode_clip(path: Path, height: int, width: int) -> tuple[np.ndarray, float]:
-    """Every frame of a video prepared at model size (uint8 RGB) and its frame rate.
+def decode_clip(path: Path, height: int, width: int, version: int = PREPROCESS_VERSION) -> tuple[np.ndarray, float]:
+    """Every frame of a video prepared at model size (uint8 RGB, preprocessing ``version``) and its frame rate.
 
     Raises ValueError when OpenCV cannot open or decode the file.
     """
@@ -183,7 +183,7 @@ def decode_clip(path: Path, height: int, width: int) -> tuple[np.ndarray, float]
             if not ok:
                 break
             # prepare_frame gives uint8 * (1/255) in float32; *255 and rounding recovers the uint8 exactly.
-            frames.append(np.rint(prepare_frame(frame, height, width) * 255.0).astype(np.uint8))
+            frames.append(np.rint(prepare_frame(frame, height, width, version) * 255.0).astype(np.uint8))
     finally:
         capture.release()
     if not frames:
@@ -191,16 +191,17 @@ def decode_clip(path: Path, height: int, width: int) -> tuple[np.ndarray, float]
     return np.stack(frames), float(fps) if fps and np.isfinite(fps) and fps > 0 else 25.0
 
 
-def load_clip(clip: Clip, height: int, width: int, cache_dir: Path | None) -> tuple[Decoded, bool]:
+def load_clip(clip: Clip, height: int, width: int, cache_dir: Path | None,
+              version: int = PREPROCESS_VERSION) -> tuple[Decoded, bool]:
     """A decoded clip, from the cache when present; the flag says whether it was decoded now."""
-    cached = _cache_path(cache_dir, clip.path, height, width) if cache_dir else None
+    cached = _cache_path(cache_dir, clip.path, height, width, version) if cache_dir else None
     if cached and cached.is_file():
         try:
             with np.load(cached) as data:
                 return Decoded(clip, data["frames"], float(data["fps"])), False
         except (OSError, ValueError, KeyError):
             cached.unlink(missing_ok=True)  # a damaged cache entry is rebuilt, never trusted
-    frames, fps = decode_clip(clip.path, height, width)
+    frames, fps = decode_clip(clip.path, height, width, version)
     if cached:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(".tmp.npz")
@@ -227,8 +228,11 @@ def load_dataset(
     log: Callable[[str], None] = _log,
     class_map: Mapping[str, str] | None = None,
     sampling: WindowSampling | None = None,
+    version: int = PREPROCESS_VERSION,
 ) -> Dataset:
     """Scan, decode (or read from cache) and filter one or several sources; ``only`` restricts to named clips.
+
+    Frames are prepared with preprocessing ``version``: the newest for training, a bundle's own to evaluate it.
 
     Labels are the mapped class names in order of first appearance over the sources.
     """
@@ -256,7 +260,7 @@ def load_dataset(
     fresh = 0
     for i, clip in enumerate(clips, 1):
         try:
-            item, was_decoded = load_clip(clip, size, size, cache_dir)
+            item, was_decoded = load_clip(clip, size, size, cache_dir, version)
         except ValueError as exc:
             skipped.append((clip.name, f"unreadable video: {exc}"))
             continue

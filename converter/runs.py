@@ -53,6 +53,9 @@ class RunRecord(BaseModel):
     representation: str = "rgb"
     frames: int = 20
     size: int = 64
+    # edge.preprocess's version the frames were prepared with (runs from before it was recorded used 2):
+    # evaluating and converting the model prepare frames the same way, and its bundle records it.
+    preprocess_version: int = 2
     grouping: str = ""
     sampling: dict[str, Any]  # the manifest's ``sampling`` (edge.bundle.Sampling)
     hop: int = DEFAULT_HOP  # sampled frames between evaluation windows (interval sampling)
@@ -138,4 +141,5 @@ def held_out(
     names = set(run.split_test_clips(split))
     sources = match_sources([s.name for s in run.source_list()], given) if given else run.source_list()
     return ds.load_dataset(sources, run.options.get("classes"), run.frames, run.size, cache,
-                           only=names, class_map=run.class_map, sampling=run.window_sampling())
+                           only=names, class_map=run.class_map, sampling=run.window_sampling(),
+                           version=run.preprocess_version)

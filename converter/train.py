@@ -37,7 +37,7 @@ from converter.runs import RunRecord, SourceRecord, SplitRecord
 from converter.sampling import DEFAULT_HOP, DEFAULT_INTERVAL_S, DEFAULT_METHOD, SamplingMethod, WindowSampling
 from converter.sources import Source, SourceError, check_fine_tune, unique_sources
 from converter.splits import Split, group_kfold, group_split, random_split
-from edge.preprocess import MOTION_REPRESENTATIONS, Representation, channels_for
+from edge.preprocess import MOTION_REPRESENTATIONS, PREPROCESS_VERSION, Representation, channels_for
 
 TEST_FRACTION = 0.25
 VAL_FRACTION = 0.2
@@ -417,6 +417,7 @@ def record_run(opts: TrainOptions, data: ds.Dataset, splits: list[SplitRecord]) 
         representation=opts.representation,
         frames=opts.frames,
         size=opts.size,
+        preprocess_version=PREPROCESS_VERSION,
         grouping=data.grouping,
         sampling=opts.window_sampling().manifest([(len(d.frames), d.fps) for d in data.clips]),
         hop=opts.hop,

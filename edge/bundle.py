@@ -18,7 +18,7 @@ from typing import Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge.core.config import key_path
-from edge.preprocess import PREPROCESS_VERSION, Representation, channels_for
+from edge.preprocess import PREPROCESS_VERSION, SUPPORTED_PREPROCESS_VERSIONS, Representation, channels_for
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -291,11 +291,12 @@ def load_bundle(bundle_dir: Path) -> tuple[Manifest, Path]:
     refusing it here is what lets an operator trust the model name and hash in every event.
     """
     manifest = read_manifest(bundle_dir)
-    if manifest.input.preprocess_version != PREPROCESS_VERSION:
+    if manifest.input.preprocess_version not in SUPPORTED_PREPROCESS_VERSIONS:
         raise BundleError(
             f"{Path(bundle_dir) / MANIFEST_NAME}: the model was trained on frame preprocessing "
-            f"v{manifest.input.preprocess_version} but this rclstm-edge prepares frames with v{PREPROCESS_VERSION}; "
-            "train and convert the model again with this version"
+            f"v{manifest.input.preprocess_version} but this rclstm-edge prepares frames with "
+            f"v{' or v'.join(map(str, SUPPORTED_PREPROCESS_VERSIONS))}; "
+            f"train and convert the model again (it trains with v{PREPROCESS_VERSION})"
         )
     model_path = Path(bundle_dir) / manifest.model_file
     if not model_path.is_file():

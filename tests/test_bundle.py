@@ -144,7 +144,9 @@ def test_verify_cli_reports_its_runtime(tmp_path: Path) -> None:
 
 def test_bundle_trained_on_other_preprocessing_is_refused(demo_copy: Path) -> None:
     """A model trained on frames prepared differently would run and quietly score worse; refuse it instead."""
-    _edit_manifest(demo_copy, input__preprocess_version=1)
-    with pytest.raises(BundleError, match=r"preprocessing v1 .* v2; train and convert the model again") as info:
-        load_bundle(demo_copy)
-    assert "\n" not in str(info.value)
+    for version in (1, 4):
+        _edit_manifest(demo_copy, input__preprocess_version=version)
+        with pytest.raises(BundleError, match=rf"preprocessing v{version} .* with v2 or v3; train and convert the "
+                                              r"model again \(it trains with v3\)") as info:
+            load_bundle(demo_copy)
+        assert "\n" not in str(info.value)

@@ -239,6 +239,28 @@ def test_a_bundle_failing_the_parity_gate_is_refused_unless_forced(
     assert read_manifest(tmp_path / "b").quantization == "float32"
 
 
+def test_the_bundle_records_the_preprocessing_its_model_was_trained_on(
+    trained_run: Path, rclstm_bundle: Path, frame_cache: Path, tmp_path: Path
+) -> None:
+    """A run records the frame preprocessing it trained on; a run from an older version converts to a bundle
+    of that version (its held-out clips prepared that way), which the device still prepares frames for."""
+    import shutil
+
+    from converter.convert import ConvertOptions, convert
+    from edge.preprocess import PREPROCESS_VERSION
+
+    assert json.loads((trained_run / "run.json").read_text())["preprocess_version"] == PREPROCESS_VERSION
+    assert read_manifest(rclstm_bundle).input.preprocess_version == PREPROCESS_VERSION
+    older = tmp_path / "older"
+    shutil.copytree(trained_run, older)
+    run = json.loads((older / "run.json").read_text())
+    (older / "run.json").write_text(json.dumps({**run, "preprocess_version": 2}))
+    report = convert(ConvertOptions(model=older / "model.keras", out=tmp_path / "b", quantize="float32",
+                                    cache=frame_cache))
+    assert report.manifest.input.preprocess_version == 2
+    assert BundleModel(tmp_path / "b").manifest.input.preprocess_version == 2  # loads: the device has v2
+
+
 def test_legacy_h5_model_without_a_run_converts_with_explicit_options(
     trained_run: Path, synth_data: Path, frame_cache: Path, tmp_path: Path
 ) -> None:

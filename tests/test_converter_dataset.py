@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -197,3 +198,24 @@ def test_scan_uses_the_synth_source_map(tmp_path: Path) -> None:
     assert labels == ["calm", "fight"] and "source map" in how
     by_group = Counter(c.group for c in clips)
     assert len(by_group) == 3 and set(by_group.values()) == {2}  # one scene, a calm and a fight clip
+
+
+def test_frames_are_prepared_and_cached_per_preprocessing_version(tmp_path: Path) -> None:
+    """Training prepares frames with the newest version; a v2 model's clips are prepared (and cached) as v2."""
+    from edge.preprocess import PREPROCESS_VERSION, prepare_frame
+
+    path = write_video(tmp_path / "data" / "calm" / "big.mp4",
+                       render_clip("fight", 12, 320, 240, np.random.default_rng(3)), 25)
+    cache = tmp_path / "cache"
+    clip = ds.Clip(path, "calm", "g")
+    v2, fresh2 = ds.load_clip(clip, 64, 64, cache, 2)
+    latest, fresh3 = ds.load_clip(clip, 64, 64, cache)
+    assert fresh2 and fresh3 and len(list(cache.glob("*.npz"))) == 2  # one cache entry per version
+    assert not np.array_equal(v2.frames, latest.frames)
+    assert ds.load_clip(clip, 64, 64, cache, 2)[1] is False
+    capture = cv2.VideoCapture(str(path))
+    ok, first = capture.read()
+    capture.release()
+    assert ok
+    for item, version in ((v2, 2), (latest, PREPROCESS_VERSION)):
+        assert np.array_equal(item.frames[0], np.rint(prepare_frame(first, 64, 64, version) * 255).astype(np.uint8))

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.preprocess import bound_frame, prepare_frame
+from edge.preprocess import SUPPORTED_PREPROCESS_VERSIONS, bound_frame, prepare_frame
 from testbed.faults import pattern_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,9 +53,10 @@ def test_a_shrunk_frame_gives_the_model_the_very_same_input(videos: dict[str, Pa
     ok, frame = capture.read()
     capture.release()
     assert ok and frame.shape == (2160, 3840, 3)
-    kept, model_image = bound_frame(frame, 64, 64)
-    assert kept.shape == (720, 1280, 3) and model_image is not None
-    assert np.array_equal(prepare_frame(model_image, 64, 64), prepare_frame(frame, 64, 64))
+    for version in SUPPORTED_PREPROCESS_VERSIONS:
+        kept, model_image = bound_frame(frame, 64, 64, version)
+        assert kept.shape == (720, 1280, 3) and model_image is not None
+        assert np.array_equal(prepare_frame(model_image, 64, 64, version), prepare_frame(frame, 64, 64, version))
     small = np.zeros((720, 1280, 3), np.uint8)
     assert bound_frame(small, 64, 64) == (small, None)  # up to 720p nothing changes
 

@@ -10,13 +10,17 @@ import pytest
 
 from converter import dataset as ds
 from edge.preprocess import (
+    PREPROCESS_VERSION,
+    SUPPORTED_PREPROCESS_VERSIONS,
     FrameError,
     channels_for,
     decode_jpeg,
     jpeg_size,
     model_input,
+    model_size,
     prepare_frame,
     shrink,
+    shrink_fast,
     spread_indices,
     window_inputs,
 )
@@ -81,15 +85,34 @@ def test_flip_mirrors_the_window(video: Path, tmp_path: Path) -> None:
     assert any(np.array_equal(w, plain) for w in flipped)
 
 
-@pytest.mark.parametrize("shape", [(360, 640, 3), (720, 1280, 3), (361, 479, 3), (130, 64, 3), (64, 64, 3)])
-def test_two_step_shrink_stays_close_to_one_area_pass(shape: tuple[int, int, int]) -> None:
-    """The fast shrink is an anti-aliased area filter too: on a natural-looking frame it is within a few levels."""
+@pytest.mark.parametrize("shape", [(360, 640, 3), (720, 1280, 3), (361, 479, 3), (240, 320, 3), (130, 64, 3),
+                                   (64, 64, 3), (1080, 1920)])
+@pytest.mark.parametrize("version", SUPPORTED_PREPROCESS_VERSIONS)
+def test_each_shrink_stays_close_to_one_area_pass(shape: tuple[int, ...], version: int) -> None:
+    """Version 2's whole-factor area filter and version 3's bilinear-then-average both smooth like an area
+    filter: on a natural-looking frame, within a few levels of one INTER_AREA pass, at any camera size."""
     rng = np.random.default_rng(0)
     smooth = cv2.GaussianBlur(rng.integers(0, 256, shape, dtype=np.uint8), (0, 0), 3)
-    fast = shrink(smooth, 64, 64).astype(np.float32)
+    fast = model_size(smooth, 64, 64, version).astype(np.float32)
     reference = cv2.resize(smooth, (64, 64), interpolation=cv2.INTER_AREA).astype(np.float32)
-    assert fast.shape == (64, 64, 3)
+    assert fast.shape == (64, 64, *shape[2:])
     assert np.abs(fast - reference).mean() < 2.0
+
+
+def test_each_version_prepares_frames_its_own_way() -> None:
+    """A bundle's frames are prepared as it was trained: version 2 with the area filter, 3 with the fast
+    shrink (which takes the area filter's way under twice the model's size); other versions are refused."""
+    rng = np.random.default_rng(1)
+    frame = rng.integers(0, 256, (360, 640, 3), dtype=np.uint8)
+    v2, v3 = (np.rint(prepare_frame(frame, 64, 64, v) * 255).astype(np.uint8) for v in (2, 3))
+    assert np.array_equal(cv2.cvtColor(v2, cv2.COLOR_RGB2BGR), shrink(frame, 64, 64))
+    assert np.array_equal(cv2.cvtColor(v3, cv2.COLOR_RGB2BGR), shrink_fast(frame, 64, 64))
+    assert not np.array_equal(v2, v3)
+    assert np.array_equal(prepare_frame(frame, 64, 64), prepare_frame(frame, 64, 64, PREPROCESS_VERSION))
+    small = frame[:100, :120]
+    assert np.array_equal(shrink_fast(small, 64, 64), shrink(small, 64, 64))
+    with pytest.raises(ValueError, match="preprocessing version 1 is not one of"):
+        prepare_frame(frame, 64, 64, 1)
 
 
 def test_changed_fraction_tells_movement_from_a_new_picture() -> None:

@@ -70,7 +70,7 @@ class StreamClassifier:
         spec = self._spec
         try:
             image = frame.image if frame.model_image is None else frame.model_image
-            prepared = prepare_frame(image, spec.height, spec.width)
+            prepared = prepare_frame(image, spec.height, spec.width, spec.preprocess_version)
         except FrameError as exc:
             self.bad_frames += 1
             level = logging.WARNING if self.bad_frames == 1 else logging.DEBUG
