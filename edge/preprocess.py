@@ -327,9 +327,10 @@ def flow_features(current: np.ndarray, previous: np.ndarray | None,
     top = ordered[-max(1, ordered.size // 20):]
     out += [float(top.sum() / (ordered.sum() + 1e-6)), float(np.log1p(top.mean() / (ordered.mean() + 1e-3)))]
     moving = mag >= thresholds[_QUANTILES.index(90)]
-    if moving.any():
+    if moving.any():  # the moving pixels' flow against its local mean (subtracted pixel by pixel: only theirs)
         bx, by = cv2.blur(fx, (5, 5)), cv2.blur(fy, (5, 5))
-        out.append(float(np.hypot(fx - bx, fy - by)[moving].mean() / (mag[moving].mean() + 1e-3)))
+        residual = np.hypot(fx[moving] - bx[moving], fy[moving] - by[moving])
+        out.append(float(residual.mean() / (mag[moving].mean() + 1e-3)))
     else:
         out.append(0.0)
     k = max(mag.shape[0] // 6, 8)

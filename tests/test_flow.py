@@ -136,6 +136,19 @@ def test_quantile_levels_are_numpys_bit_for_bit(environment: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
+def test_disorder_is_the_plain_formula_bit_for_bit() -> None:
+    """The disorder statistic subtracts the local mean flow at the moving pixels only; that is the same
+    float32 arithmetic on the same pixels in the same order as over the whole frame, so the same value."""
+    still = _texture(64, seed=3)
+    moved = _moved(still, [((slice(10, 40), slice(8, 30)), (2, 1)), ((slice(30, 60), slice(30, 60)), (-1, 2))])
+    fx, fy = normal_flow(_grey(still), _grey(moved))
+    mag = np.hypot(fx, fy)
+    moving = mag >= max(float(np.percentile(mag, 90)), 0.1)
+    bx, by = cv2.blur(fx, (5, 5)), cv2.blur(fy, (5, 5))
+    plain = float(np.hypot(fx - bx, fy - by)[moving].mean() / (mag[moving].mean() + 1e-3))
+    assert flow_features(moved, still, field="normal")[FLOW_FEATURES.index("disorder")] == np.float32(plain)
+
+
 def test_model_input_shape_is_a_vector() -> None:
     assert input_shape("flow", 64, 64) == input_shape("normal-flow", 64, 64) == (len(FLOW_FEATURES),)
     assert input_shape("diff", 64, 48) == (64, 48, 3)
