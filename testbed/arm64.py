@@ -39,9 +39,11 @@ TIMES = ("started_at", "emitted_at", "ended_at")
 SCORES = ("score", "peak_score", "mean_score")
 # Fields that differ between any two runs (a fresh id) or are compared within a tolerance.
 _LOOSE = {"event_id", "windows", *TIMES, *SCORES}
-# The generated clip's decision settings (see ``prepare``): its fights score 0.32-0.64 for 5-6 s, calm
-# at most 0.25, so each fight opens one incident with 0.02-0.05 of margin at its edges.
-GENERATED_DECISION = {"threshold": 0.3, "start_windows": 2}
+# The generated clip's decision settings (see ``prepare``): with fight-flow 4 its fights score 0.31-0.63
+# for 5-6 s, calm at most 0.22 (0.27-0.28 in the second after a fight), so each fight opens one
+# incident; at 0.25 every window where a fight starts or ends is 0.02 or more from it (pixels 2 levels
+# apart moved scores by up to 0.03, tests/test_arm64.py), so the incidents start on the same window.
+GENERATED_DECISION = {"threshold": 0.25, "start_windows": 2}
 # Two fights in one scene, so the comparison covers more than one incident and the calm between.
 CLIP_SEGMENTS = [("calm", 6.0), ("fight", 6.0), ("calm", 8.0), ("fight", 5.0), ("calm", 6.0)]
 # A check line's measured duration is the only part that differs between two healthy runs.
