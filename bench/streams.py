@@ -114,7 +114,10 @@ def build_stream(data: Path, segments: list[Segment], cache: Path, size: tuple[i
     path = cache / f"stream-{_key(str(Path(data).resolve()), segments, size, codec)}{suffix}"
     meta_path = path.with_suffix(".json")
     if path.is_file() and meta_path.is_file():
-        return json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text())
+        # Written with MPEG-4 for want of an H.264 encoder: reused only while there still is none.
+        if meta["codec"] == codec or h264_command(path, size) is None:
+            return meta
     cache.mkdir(parents=True, exist_ok=True)
     queues = {label: clips(data, label) for label in {label for label, _ in segments}}
     used = dict.fromkeys(queues, 0)
