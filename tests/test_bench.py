@@ -126,3 +126,21 @@ def test_the_floor_loop_does_the_daemons_work_up_to_its_step(step: str, tmp_path
     assert frames == 50
     assert retrieved == {"grab": 0}.get(step, 10)
     assert prepared == {"grab": 0, "retrieve": 0}.get(step, 10)
+
+
+def test_a_stream_written_without_an_h264_encoder_is_rebuilt_once_there_is_one(synth_data: Path,
+                                                                                  tmp_path: Path) -> None:
+    """A stream asked for as H.264 but cached as MPEG-4 (no encoder when it was built) is not passed off as
+    H.264 once an encoder is installed: it is written again."""
+    from bench.streams import build_stream, h264_command
+
+    if h264_command(tmp_path / "probe.mp4", (64, 48)) is None:
+        pytest.skip("no H.264 encoder here (ffmpeg with libx264 or GStreamer's x264enc; .ci/run installs one)")
+    segments = [("fight", 1.0)]
+    first = build_stream(synth_data, segments, tmp_path, (64, 48), "h264")
+    assert first["codec"] == "h264"
+    meta_path = Path(first["path"]).with_suffix(".json")
+    meta_path.write_text(json.dumps({**first, "codec": "mpeg4"}))  # as a machine without the encoder wrote it
+    again = build_stream(synth_data, segments, tmp_path, (64, 48), "h264")
+    assert again["codec"] == "h264" and json.loads(meta_path.read_text())["codec"] == "h264"
+    assert build_stream(synth_data, segments, tmp_path, (64, 48), "h264") == json.loads(meta_path.read_text())
