@@ -138,4 +138,4 @@ def test_a_recording_runs_with_the_models_own_settings(clip_dir: Path, tmp_path:
     arm64.prepare(tmp_path, clip_dir / "clip.mp4")
     assert (tmp_path / "clip.mp4").read_bytes() == (clip_dir / "clip.mp4").read_bytes()
     assert "[decision]" not in (tmp_path / "check.toml").read_text()
-    assert "[decision]\nthreshold = 0.25\n" in (clip_dir / "check.toml").read_text()
+    assert f"[decision]\nthreshold = {arm64.GENERATED_DECISION['threshold']}\n" in (clip_dir / "check.toml").read_text()

@@ -73,6 +73,8 @@ def test_verify_in_the_other_runtime_refuses_a_tampered_bundle(demo_copy: Path, 
     ("changes", "message"),
     [
         ({"input__channels": 6}, "channels is 6 but representation 'diff' has 3"),
+        ({"input__representation": "normal-flow-8", "input__channels": 11},
+         "channels is 11 but representation 'normal-flow-8' has 8"),
         ({"anomaly_labels": ["riot"]}, "anomaly_labels ['riot'] are not in labels"),
         ({"model_file": "../model.tflite"}, "must be a plain file name"),
         ({"quantization": "int4"}, "quantization"),

@@ -1,5 +1,5 @@
-"""The motion representations (``flow``, ``normal-flow``): what their statistics measure, and that
-training and the device compute the same.
+"""The motion representations (``flow``, ``normal-flow``, ``normal-flow-8``): what their statistics
+measure, and that training and the device compute the same.
 
 Flow statistics were chosen because they describe how motion is organised rather than how much of
 it a camera sees (issue 10); the unit tests pin that property on controlled motion, for Farneback's
@@ -25,8 +25,10 @@ from edge.adapters.runtime import BundleModel
 from edge.bundle import read_manifest
 from edge.preprocess import (
     FLOW_FEATURES,
+    LEAN_FLOW_FEATURES,
     SCALE,
     _grey,
+    flow_feature_names,
     flow_features,
     input_shape,
     model_input,
@@ -149,8 +151,23 @@ def test_disorder_is_the_plain_formula_bit_for_bit() -> None:
     assert flow_features(moved, still, field="normal")[FLOW_FEATURES.index("disorder")] == np.float32(plain)
 
 
+def test_the_lean_statistics_are_the_first_eight_of_the_full_set() -> None:
+    """``normal-flow-8`` skips the last three statistics; the eight it keeps are the same numbers, bit for bit,
+    so the cheaper path cannot drift from the one the statistics were measured on."""
+    still = _texture(64, seed=5)
+    moved = _moved(still, [((slice(5, 35), slice(10, 50)), (1, -2)), ((slice(36, 60), slice(0, 30)), (-2, 0))])
+    for previous in (still, None):
+        full = flow_features(moved, previous, field="normal")
+        lean = model_input(moved, previous, "normal-flow-8")
+        assert lean.dtype == np.float32 and lean.shape == (len(LEAN_FLOW_FEATURES),) == (8,)
+        assert np.array_equal(lean, full[: len(LEAN_FLOW_FEATURES)])
+    assert flow_feature_names("normal-flow-8") == LEAN_FLOW_FEATURES == FLOW_FEATURES[:8]
+    assert "disorder" not in LEAN_FLOW_FEATURES and flow_feature_names("normal-flow") == FLOW_FEATURES
+
+
 def test_model_input_shape_is_a_vector() -> None:
     assert input_shape("flow", 64, 64) == input_shape("normal-flow", 64, 64) == (len(FLOW_FEATURES),)
+    assert input_shape("normal-flow-8", 64, 64) == (8,)
     assert input_shape("diff", 64, 48) == (64, 48, 3)
     frames = [_texture(64, seed=i) for i in range(4)]
     assert window_inputs(frames, "flow").shape == window_inputs(frames, "normal-flow").shape == (3, len(FLOW_FEATURES))
@@ -158,7 +175,7 @@ def test_model_input_shape_is_a_vector() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("representation", ["flow", "normal-flow"])
+@pytest.mark.parametrize("representation", ["flow", "normal-flow", "normal-flow-8"])
 def test_training_windows_equal_the_device_windows(synth_data: Path, frame_cache: Path, representation: str) -> None:
     """The converter caches motion inputs per frame pair; its windows must be exactly the device's window_inputs."""
     data = ds.load_dataset(synth_data, frames=20, size=64, cache_dir=frame_cache)
