@@ -19,8 +19,13 @@ import numpy as np
 
 Representation = Literal["rgb", "diff", "rgb+diff", "flow", "normal-flow", "normal-flow-8"]
 REPRESENTATIONS: tuple[str, ...] = get_args(Representation)
-# Representations whose model input per frame is a vector of motion statistics, not an image.
-MOTION_REPRESENTATIONS: tuple[str, ...] = ("flow", "normal-flow", "normal-flow-8")
+# Representations whose model input per frame is a vector of motion statistics, not an image: the
+# motion field each reads (see ``flow_features``) and whether it keeps all of ``FLOW_FEATURES`` (else
+# ``LEAN_FLOW_FEATURES``).
+_MOTION: dict[str, tuple[Literal["farneback", "normal"], bool]] = {
+    "flow": ("farneback", True), "normal-flow": ("normal", True), "normal-flow-8": ("normal", False),
+}
+MOTION_REPRESENTATIONS: tuple[str, ...] = tuple(_MOTION)
 SCALE = 1.0 / 255.0
 SCENE_PIXEL_DELTA = 0.1  # on the 0..1 scale: a pixel counts as changed beyond this (see changed_fraction)
 # Bumped whenever prepare_frame's output changes: bundles record it, the converter's decode cache is
@@ -189,12 +194,9 @@ def model_input(current: np.ndarray, previous: np.ndarray | None, representation
     """
     if representation == "rgb":
         return current
-    if representation == "flow":
-        return flow_features(current, previous)
-    if representation == "normal-flow":
-        return flow_features(current, previous, field="normal")
-    if representation == "normal-flow-8":
-        return flow_features(current, previous, field="normal", full=False)
+    if representation in _MOTION:
+        field, full = _MOTION[representation]
+        return flow_features(current, previous, field, full)
     diff = np.zeros_like(current) if previous is None else np.abs(current - previous)
     if representation == "diff":
         return diff
@@ -311,7 +313,7 @@ def normal_flow(previous: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, 
 
 def flow_feature_names(representation: Representation) -> tuple[str, ...]:
     """The statistics a motion representation's input vector holds, in order."""
-    return LEAN_FLOW_FEATURES if representation == "normal-flow-8" else FLOW_FEATURES
+    return FLOW_FEATURES if _MOTION[representation][1] else LEAN_FLOW_FEATURES
 
 
 def flow_features(current: np.ndarray, previous: np.ndarray | None,
