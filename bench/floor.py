@@ -43,7 +43,7 @@ def steps_loop(source: str, bundle: str, step: str) -> tuple[int, int, int]:
 
     from edge.bundle import read_manifest
     from edge.core.values import Frame
-    from edge.preprocess import model_input, prepare_frame
+    from edge.preprocess import model_input
     from edge.stages.sampler import Sampler
 
     depth = STEPS.index(step)
@@ -68,7 +68,7 @@ def steps_loop(source: str, bundle: str, step: str) -> tuple[int, int, int]:
         taken = sampler.offer(Frame(image, ts, wall))  # this frame or the one before it
         if depth == 1 or taken is None or taken.image is None:
             continue
-        prepared = prepare_frame(taken.image, spec.height, spec.width, spec.preprocess_version)
+        prepared = spec.prepare(taken.image)
         prepared_count += 1
         if depth == 3:
             model_input(prepared, previous, spec.representation)

@@ -471,7 +471,7 @@ def _load_inputs(opts: ConvertOptions) -> _Inputs:
             f"{'x'.join(map(str, expected))} (frames x model input for representation {representation!r}); "
             "train with matching --frames/--size/--representation"
         )
-    data = held_out(run, split, opts.data, opts.cache, frames, size)
+    data = held_out(run, split, opts.data, opts.cache, frames, size, representation)
     labels = run.labels if run else data.labels
     anomaly = opts.anomaly_classes if opts.anomaly_classes is not None else (run.anomaly_labels if run else [])
     name = opts.name or out_name(opts.out)
@@ -509,13 +509,13 @@ def _calibration(inputs: _Inputs, opts: ConvertOptions, rng: np.random.Generator
         return None
     if opts.calibration:
         calib_data = ds.load_dataset(opts.calibration, inputs.labels, inputs.frames, inputs.size, opts.cache,
-                                     version=inputs.preprocess_version)
+                                     version=inputs.preprocess_version, representation=inputs.representation)
     elif inputs.run:
         run = inputs.run
         held = {item.clip.name for item in inputs.data.clips}
         all_clips = ds.load_dataset(run.source_list(), run.options.get("classes"), inputs.frames, inputs.size,
                                     opts.cache, class_map=run.class_map, sampling=inputs.sampling,
-                                    version=inputs.preprocess_version)
+                                    version=inputs.preprocess_version, representation=inputs.representation)
         calib_data = ds.Dataset([c for c in all_clips.clips if c.clip.name not in held], inputs.labels, [], "")
     else:
         raise ConvertError("--quantize int8 needs calibration clips: pass --calibration DATA_DIR")

@@ -38,6 +38,7 @@ from edge.preprocess import (
     Representation,
     model_input,
     prepare_frame,
+    reads_grey,
     window_inputs,
 )
 
@@ -73,10 +74,10 @@ class Clip:
 
 @dataclass(frozen=True)
 class Decoded:
-    """A clip's frames, prepared at model size and stored as uint8 RGB (exactly prepare_frame * 255)."""
+    """A clip's frames, prepared at model size and stored as uint8 (exactly prepare_frame * 255)."""
 
     clip: Clip
-    frames: np.ndarray  # (N, H, W, 3) uint8
+    frames: np.ndarray  # (N, H, W, 3) RGB, or (N, H, W) for a model that reads grey (reads_grey); uint8
     fps: float
     _motion: dict[tuple[int, int, bool, str], np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
@@ -161,14 +162,16 @@ def scan(
     return clips, labels, how
 
 
-def _cache_path(cache_dir: Path, path: Path, height: int, width: int, version: int) -> Path:
+def _cache_path(cache_dir: Path, path: Path, height: int, width: int, version: int, grey: bool) -> Path:
     stat = path.stat()
     key = f"{path.resolve()}|{stat.st_mtime_ns}|{stat.st_size}|{height}x{width}|{_CACHE_FORMAT}|{version}"
-    return cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.npz"
+    return cache_dir / f"{hashlib.sha1((key + ('|grey' if grey else '')).encode()).hexdigest()}.npz"
 
 
-def decode_clip(path: Path, height: int, width: int, version: int = PREPROCESS_VERSION) -> tuple[np.ndarray, float]:
-    """Every frame of a video prepared at model size (uint8 RGB, preprocessing ``version``) and its frame rate.
+def decode_clip(path: Path, height: int, width: int, version: int = PREPROCESS_VERSION,
+                grey: bool = False) -> tuple[np.ndarray, float]:
+    """Every frame of a video prepared at model size (uint8 RGB, or grey with ``grey``; preprocessing
+    ``version``) and its frame rate.
 
     Raises ValueError when OpenCV cannot open or decode the file.
     """
@@ -183,7 +186,7 @@ def decode_clip(path: Path, height: int, width: int, version: int = PREPROCESS_V
             if not ok:
                 break
             # prepare_frame gives uint8 * (1/255) in float32; *255 and rounding recovers the uint8 exactly.
-            frames.append(np.rint(prepare_frame(frame, height, width, version) * 255.0).astype(np.uint8))
+            frames.append(np.rint(prepare_frame(frame, height, width, version, grey) * 255.0).astype(np.uint8))
     finally:
         capture.release()
     if not frames:
@@ -192,16 +195,16 @@ def decode_clip(path: Path, height: int, width: int, version: int = PREPROCESS_V
 
 
 def load_clip(clip: Clip, height: int, width: int, cache_dir: Path | None,
-              version: int = PREPROCESS_VERSION) -> tuple[Decoded, bool]:
+              version: int = PREPROCESS_VERSION, grey: bool = False) -> tuple[Decoded, bool]:
     """A decoded clip, from the cache when present; the flag says whether it was decoded now."""
-    cached = _cache_path(cache_dir, clip.path, height, width, version) if cache_dir else None
+    cached = _cache_path(cache_dir, clip.path, height, width, version, grey) if cache_dir else None
     if cached and cached.is_file():
         try:
             with np.load(cached) as data:
                 return Decoded(clip, data["frames"], float(data["fps"])), False
         except (OSError, ValueError, KeyError):
             cached.unlink(missing_ok=True)  # a damaged cache entry is rebuilt, never trusted
-    frames, fps = decode_clip(clip.path, height, width, version)
+    frames, fps = decode_clip(clip.path, height, width, version, grey)
     if cached:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(".tmp.npz")
@@ -229,10 +232,12 @@ def load_dataset(
     class_map: Mapping[str, str] | None = None,
     sampling: WindowSampling | None = None,
     version: int = PREPROCESS_VERSION,
+    representation: Representation = DEFAULT_REPRESENTATION,
 ) -> Dataset:
     """Scan, decode (or read from cache) and filter one or several sources; ``only`` restricts to named clips.
 
-    Frames are prepared with preprocessing ``version``: the newest for training, a bundle's own to evaluate it.
+    Frames are prepared with preprocessing ``version`` (the newest for training, a bundle's own to evaluate
+    it) for the model's ``representation`` (grey or colour, ``reads_grey``).
 
     Labels are the mapped class names in order of first appearance over the sources.
     """
@@ -260,7 +265,7 @@ def load_dataset(
     fresh = 0
     for i, clip in enumerate(clips, 1):
         try:
-            item, was_decoded = load_clip(clip, size, size, cache_dir, version)
+            item, was_decoded = load_clip(clip, size, size, cache_dir, version, reads_grey(representation, version))
         except ValueError as exc:
             skipped.append((clip.name, f"unreadable video: {exc}"))
             continue

@@ -66,7 +66,7 @@ def evaluate(
         only = set(recorded) if recorded else None
         data_set = ds.load_dataset(match_sources(names or [""], sources), None, frames, size, cache, only=only,
                                    class_map=_class_map(manifest.training), sampling=sampling,
-                                   version=manifest.input.preprocess_version)
+                                   version=manifest.input.preprocess_version, representation=representation)
         expected = recorded or []
     predict = _bundle_predictor(model) if is_bundle else _keras_predictor(model)
     probs = ds.clip_probs(predict, data_set.clips, sampling, representation)

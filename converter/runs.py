@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from converter import dataset as ds
 from converter.sampling import DEFAULT_HOP, DEFAULT_INTERVAL_S, WindowSampling
 from converter.sources import Source
+from edge.preprocess import Representation
 
 RUN_NAME = "run.json"
 
@@ -131,15 +132,16 @@ def held_out(
     cache: Path | None,
     frames: int = 20,
     size: int = 64,
+    representation: Representation = ds.DEFAULT_REPRESENTATION,
 ) -> ds.Dataset:
     """The run's test clips (from ``data_dir`` when given, else the run's sources), or all of ``data_dir``."""
     if run is None:
         if data_dir is None:
             raise ds.DataError("no run.json beside the model and no data folder; pass DATA_DIR / --data")
-        return ds.load_dataset(data_dir, None, frames, size, cache)
+        return ds.load_dataset(data_dir, None, frames, size, cache, representation=representation)
     given = [Source("", Path(data_dir))] if isinstance(data_dir, (str, Path)) else data_dir
     names = set(run.split_test_clips(split))
     sources = match_sources([s.name for s in run.source_list()], given) if given else run.source_list()
     return ds.load_dataset(sources, run.options.get("classes"), run.frames, run.size, cache,
                            only=names, class_map=run.class_map, sampling=run.window_sampling(),
-                           version=run.preprocess_version)
+                           version=run.preprocess_version, representation=run.representation)

@@ -392,7 +392,8 @@ def load(opts: TrainOptions) -> ds.Dataset:
     if not opts.interval > 0 or opts.hop < 1:
         raise ValueError(f"--interval {opts.interval} / --hop {opts.hop}: need a positive interval and hop")
     data = ds.load_dataset(opts.source_list(), opts.classes, opts.frames, opts.size, opts.cache,
-                           class_map=opts.class_map, sampling=opts.window_sampling())
+                           class_map=opts.class_map, sampling=opts.window_sampling(),
+                           representation=opts.representation)
     try:
         check_fine_tune(data.sources, opts.site, opts.init_from)
     except SourceError as exc:

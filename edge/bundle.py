@@ -15,10 +15,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal, get_args
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge.core.config import key_path
-from edge.preprocess import PREPROCESS_VERSION, SUPPORTED_PREPROCESS_VERSIONS, Representation, channels_for
+from edge.preprocess import (
+    PREPROCESS_VERSION,
+    SUPPORTED_PREPROCESS_VERSIONS,
+    Representation,
+    channels_for,
+    prepare_frame,
+    reads_grey,
+)
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -56,6 +64,15 @@ class InputSpec(_Strict):
         if self.channels != expected:
             raise ValueError(f"channels is {self.channels} but representation {self.representation!r} has {expected}")
         return self
+
+    @property
+    def grey(self) -> bool:
+        """Whether this model's frames are prepared grey (``edge.preprocess.reads_grey``)."""
+        return reads_grey(self.representation, self.preprocess_version)
+
+    def prepare(self, frame: np.ndarray) -> np.ndarray:
+        """A camera frame prepared as this model was trained (``edge.preprocess.prepare_frame``)."""
+        return prepare_frame(frame, self.height, self.width, self.preprocess_version, self.grey)
 
 
 class Sampling(_Strict):
@@ -284,6 +301,12 @@ def read_manifest(bundle_dir: Path) -> Manifest:
         raise BundleError(f"{path}: {_first_error(exc)}") from None
 
 
+def _either(versions: tuple[int, ...]) -> str:
+    """``(2, 3, 4)`` as "v2, v3 or v4"."""
+    names = [f"v{v}" for v in versions]
+    return " or ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else names[0]
+
+
 def load_bundle(bundle_dir: Path) -> tuple[Manifest, Path]:
     """Validate a bundle and check its model file against the manifest's sha256.
 
@@ -295,7 +318,7 @@ def load_bundle(bundle_dir: Path) -> tuple[Manifest, Path]:
         raise BundleError(
             f"{Path(bundle_dir) / MANIFEST_NAME}: the model was trained on frame preprocessing "
             f"v{manifest.input.preprocess_version} but this rclstm-edge prepares frames with "
-            f"v{' or v'.join(map(str, SUPPORTED_PREPROCESS_VERSIONS))}; "
+            f"{_either(SUPPORTED_PREPROCESS_VERSIONS)}; "
             f"train and convert the model again (it trains with v{PREPROCESS_VERSION})"
         )
     model_path = Path(bundle_dir) / manifest.model_file

@@ -31,9 +31,11 @@ SCENE_PIXEL_DELTA = 0.1  # on the 0..1 scale: a pixel counts as changed beyond t
 # Bumped whenever prepare_frame's output changes: bundles record it, the converter's decode cache is
 # keyed on it, and the converter trains with the newest. The device prepares frames the way each
 # bundle was trained and refuses the versions it no longer has (1: before the version was recorded).
-# 2: ``shrink``'s area filter by a whole factor; 3: ``shrink_fast``'s halvings (see there), half the cost.
-PREPROCESS_VERSION = 3
-SUPPORTED_PREPROCESS_VERSIONS = (2, 3)
+# 2: ``shrink``'s area filter by a whole factor; 3: ``shrink_fast``'s halvings (see there), half the cost;
+# 4: a motion representation's frames are made grey before the last shrinking step (``reads_grey``);
+# the other representations' frames are v3's.
+PREPROCESS_VERSION = 4
+SUPPORTED_PREPROCESS_VERSIONS = (2, 3, 4)
 
 
 class FrameError(ValueError):
@@ -55,37 +57,60 @@ def input_shape(representation: Representation, height: int, width: int) -> tupl
     return (channels,) if representation in MOTION_REPRESENTATIONS else (height, width, channels)
 
 
-def prepare_frame(frame: np.ndarray, height: int, width: int, version: int = PREPROCESS_VERSION) -> np.ndarray:
-    """Turn an OpenCV frame (BGR, BGRA or grayscale, uint8) into float32 RGB in 0..1 at the model size.
+def reads_grey(representation: str, version: int) -> bool:
+    """Whether a model's frames are prepared grey (H x W): the motion representations read brightness alone.
+
+    From preprocessing v4 on, such a frame is made grey once it is within twice the model's size,
+    so the last, non-whole-factor area step (the costliest of the shrinking), the float conversion and
+    the comparisons between frames each touch one channel instead of three, and the flow's grey
+    image is no longer made from a colour one twice per frame pair: 0.10 ms less per sampled frame
+    at 320x240 (docs/performance.md). Earlier versions keep their colour frames.
+    """
+    return version >= 4 and representation in _MOTION
+
+
+def prepare_frame(frame: np.ndarray, height: int, width: int, version: int = PREPROCESS_VERSION,
+                  grey: bool = False) -> np.ndarray:
+    """Turn an OpenCV frame (BGR, BGRA or grayscale, uint8) into float32 in 0..1 at the model size: RGB
+    (H x W x 3), or with ``grey`` (``reads_grey``) its brightness (H x W).
 
     Cameras deliver odd frames (grayscale IR modes, BGRA from some MJPEG decoders, a 1x1 glitch
     after a reconnect); converting them here keeps every caller honest and gives one clear error
     for what cannot be converted. The frame is shrunk before its colours are converted, so the
-    conversion touches 64x64 pixels instead of a whole camera frame.
+    conversion touches few pixels instead of a whole camera frame.
     """
     if not isinstance(frame, np.ndarray) or frame.size == 0:
         raise FrameError("frame is empty")
     if frame.ndim == 3 and frame.shape[2] == 1:
         frame = frame[:, :, 0]
-    if frame.ndim == 2:
-        conversion = cv2.COLOR_GRAY2RGB
-    elif frame.ndim == 3 and frame.shape[2] == 3:
-        conversion = cv2.COLOR_BGR2RGB
-    elif frame.ndim == 3 and frame.shape[2] == 4:
-        conversion = cv2.COLOR_BGRA2RGB
-    else:
+    if not (frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] in (3, 4))):
         raise FrameError(f"frame has shape {frame.shape}; expected HxW, HxWx1, HxWx3 or HxWx4")
     if frame.dtype != np.uint8:
         raise FrameError(f"frame has dtype {frame.dtype}; expected uint8")
-    small = cv2.cvtColor(model_size(frame, height, width, version), conversion)
+    grey = grey and version >= 4
+    small = model_size(frame, height, width, version, grey)
+    if not (grey and small.ndim == 2):
+        small = cv2.cvtColor(small, _TO_RGB[small.shape[2] if small.ndim == 3 else 1])
     return small.astype(np.float32) * np.float32(SCALE)
 
 
-def model_size(frame: np.ndarray, height: int, width: int, version: int = PREPROCESS_VERSION) -> np.ndarray:
-    """The frame at the model's size, shrunk the way preprocessing ``version`` does."""
+# cv2.cvtColor codes from a frame's channel count (1: grey) to RGB and to grey.
+_TO_RGB = {1: cv2.COLOR_GRAY2RGB, 3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB}
+_TO_GREY = {3: cv2.COLOR_BGR2GRAY, 4: cv2.COLOR_BGRA2GRAY}
+
+
+def model_size(frame: np.ndarray, height: int, width: int, version: int = PREPROCESS_VERSION,
+               grey: bool = False) -> np.ndarray:
+    """The frame at the model's size, shrunk the way preprocessing ``version`` does (and made grey on the
+    way when ``grey`` and the version does so, see ``reads_grey``)."""
     if version not in SUPPORTED_PREPROCESS_VERSIONS:
         raise ValueError(f"preprocessing version {version} is not one of {SUPPORTED_PREPROCESS_VERSIONS}")
-    return shrink_fast(frame, height, width) if version >= 3 else shrink(frame, height, width)
+    if version < 3:
+        return shrink(frame, height, width)
+    frame = halve(frame, height, width)
+    if grey and version >= 4 and frame.ndim == 3:
+        frame = cv2.cvtColor(frame, _TO_GREY[frame.shape[2]])
+    return shrink(frame, height, width)
 
 
 def shrink(frame: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -111,8 +136,9 @@ def shrink(frame: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
-def shrink_fast(frame: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``shrink`` in halvings: a 2x2 area average while the frame stays at least twice the model's size.
+def halve(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Preprocessing v3's first steps: a 2x2 area average while the frame stays at least twice the model's
+    size (``model_size`` then ``shrink``s the rest of the way).
 
     OpenCV's area filter by a whole factor is vectorised only for a factor of 2; any other factor
     (5 for 640x360 to 64x64, 11 for 1280x720) runs a scalar loop over every pixel of the camera
@@ -127,19 +153,19 @@ def shrink_fast(frame: np.ndarray, height: int, width: int) -> np.ndarray:
     while h >= 2 * height and w >= 2 * width:
         h, w = h // 2, w // 2
         frame = cv2.resize(frame[: 2 * h, : 2 * w], (w, h), interpolation=cv2.INTER_AREA)
-    return shrink(frame, height, width)
+    return frame
 
 
 SNAPSHOT_MAX = (1280, 720)  # width, height: the largest picture a chain keeps of a frame (for snapshots)
 
 
-def bound_frame(image: np.ndarray, height: int, width: int,
-                version: int = PREPROCESS_VERSION) -> tuple[np.ndarray, np.ndarray | None]:
+def bound_frame(image: np.ndarray, height: int, width: int, version: int = PREPROCESS_VERSION,
+                grey: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """(picture to keep, model-size image or None) for a decoded frame, so memory does not follow the camera.
 
     A frame larger than ``SNAPSHOT_MAX`` is replaced right after decoding by a copy shrunk by a whole
-    factor to fit it (for the snapshot) and by ``model_size(image, height, width, version)``, which is exactly what
-    ``prepare_frame`` would compute from the full frame first: ``prepare_frame`` of it is the same
+    factor to fit it (for the snapshot) and by ``model_size(image, height, width, version, grey)``, which is
+    exactly what ``prepare_frame`` would compute from the full frame first: ``prepare_frame`` of it is the same
     model input, bit for bit. A 4K frame is 25 MB; a chain holds several (the sampler's candidates,
     the last windows' frames, an incident's peak), so it would otherwise cost hundreds of MB.
     Smaller frames are kept as they are.
@@ -150,7 +176,7 @@ def bound_frame(image: np.ndarray, height: int, width: int,
         return image, None
     factor = max(math.ceil(h / max_h), math.ceil(w / max_w))
     kept = cv2.resize(image, (max(1, w // factor), max(1, h // factor)), interpolation=cv2.INTER_AREA)
-    return kept, model_size(image, height, width, version)
+    return kept, model_size(image, height, width, version, grey)
 
 
 # OpenCV decodes a JPEG at 1/2, 1/4 or 1/8 of its size for a fraction of the cost (the IDCT skips

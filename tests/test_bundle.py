@@ -146,9 +146,9 @@ def test_verify_cli_reports_its_runtime(tmp_path: Path) -> None:
 
 def test_bundle_trained_on_other_preprocessing_is_refused(demo_copy: Path) -> None:
     """A model trained on frames prepared differently would run and quietly score worse; refuse it instead."""
-    for version in (1, 4):
+    for version in (1, 5):
         _edit_manifest(demo_copy, input__preprocess_version=version)
-        with pytest.raises(BundleError, match=rf"preprocessing v{version} .* with v2 or v3; train and convert the "
-                                              r"model again \(it trains with v3\)") as info:
+        with pytest.raises(BundleError, match=rf"preprocessing v{version} .* with v2, v3 or v4; train and convert "
+                                              r"the model again \(it trains with v4\)") as info:
             load_bundle(demo_copy)
         assert "\n" not in str(info.value)

@@ -213,9 +213,13 @@ def test_frames_are_prepared_and_cached_per_preprocessing_version(tmp_path: Path
     assert fresh2 and fresh3 and len(list(cache.glob("*.npz"))) == 2  # one cache entry per version
     assert not np.array_equal(v2.frames, latest.frames)
     assert ds.load_clip(clip, 64, 64, cache, 2)[1] is False
+    grey, fresh_grey = ds.load_clip(clip, 64, 64, cache, grey=True)  # a motion model's frames: their own entry
+    assert fresh_grey and len(list(cache.glob("*.npz"))) == 3 and grey.frames.shape[1:] == (64, 64)
     capture = cv2.VideoCapture(str(path))
     ok, first = capture.read()
     capture.release()
     assert ok
-    for item, version in ((v2, 2), (latest, PREPROCESS_VERSION)):
-        assert np.array_equal(item.frames[0], np.rint(prepare_frame(first, 64, 64, version) * 255).astype(np.uint8))
+    latest_version = PREPROCESS_VERSION
+    for item, version, is_grey in ((v2, 2, False), (latest, latest_version, False), (grey, latest_version, True)):
+        prepared = prepare_frame(first, 64, 64, version, is_grey)
+        assert np.array_equal(item.frames[0], np.rint(prepared * 255).astype(np.uint8))

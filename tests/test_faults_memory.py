@@ -54,9 +54,11 @@ def test_a_shrunk_frame_gives_the_model_the_very_same_input(videos: dict[str, Pa
     capture.release()
     assert ok and frame.shape == (2160, 3840, 3)
     for version in SUPPORTED_PREPROCESS_VERSIONS:
-        kept, model_image = bound_frame(frame, 64, 64, version)
-        assert kept.shape == (720, 1280, 3) and model_image is not None
-        assert np.array_equal(prepare_frame(model_image, 64, 64, version), prepare_frame(frame, 64, 64, version))
+        for grey in (False, True):
+            kept, model_image = bound_frame(frame, 64, 64, version, grey)
+            assert kept.shape == (720, 1280, 3) and model_image is not None
+            assert np.array_equal(prepare_frame(model_image, 64, 64, version, grey),
+                                  prepare_frame(frame, 64, 64, version, grey))
     small = np.zeros((720, 1280, 3), np.uint8)
     assert bound_frame(small, 64, 64) == (small, None)  # up to 720p nothing changes
 

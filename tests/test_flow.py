@@ -178,7 +178,7 @@ def test_model_input_shape_is_a_vector() -> None:
 @pytest.mark.parametrize("representation", ["flow", "normal-flow", "normal-flow-8"])
 def test_training_windows_equal_the_device_windows(synth_data: Path, frame_cache: Path, representation: str) -> None:
     """The converter caches motion inputs per frame pair; its windows must be exactly the device's window_inputs."""
-    data = ds.load_dataset(synth_data, frames=20, size=64, cache_dir=frame_cache)
+    data = ds.load_dataset(synth_data, frames=20, size=64, cache_dir=frame_cache, representation=representation)
     sampling = WindowSampling("spread", 20)
     for item in data.clips[:4]:
         for flip in (False, True):

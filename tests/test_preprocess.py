@@ -15,12 +15,13 @@ from edge.preprocess import (
     FrameError,
     channels_for,
     decode_jpeg,
+    halve,
     jpeg_size,
     model_input,
     model_size,
     prepare_frame,
+    reads_grey,
     shrink,
-    shrink_fast,
     spread_indices,
     window_inputs,
 )
@@ -33,19 +34,24 @@ def video(tmp_path: Path) -> Path:
     return write_video(tmp_path / "calm" / "clip.mp4", render_clip("fight", 33, 96, 72, np.random.default_rng(4)), 25)
 
 
-@pytest.mark.parametrize("representation", ["rgb", "diff", "rgb+diff"])
+@pytest.mark.parametrize("representation", ["rgb", "diff", "rgb+diff", "normal-flow-8"])
 def test_training_window_equals_the_device_path_bit_for_bit(video: Path, tmp_path: Path, representation: str) -> None:
+    """From the camera's BGR frames: the converter's cached frames and windows are the device's, grey or colour."""
+    grey = reads_grey(representation, PREPROCESS_VERSION)
+    assert grey == (representation == "normal-flow-8")
     clip = ds.Clip(video, "calm", "g")
-    decoded, fresh = ds.load_clip(clip, 64, 64, tmp_path / "cache")
-    cached, fresh_again = ds.load_clip(clip, 64, 64, tmp_path / "cache")
+    decoded, fresh = ds.load_clip(clip, 64, 64, tmp_path / "cache", grey=grey)
+    cached, fresh_again = ds.load_clip(clip, 64, 64, tmp_path / "cache", grey=grey)
     assert fresh and not fresh_again
     raw, _ = read_frames(video)
     idx = spread_indices(len(raw), 21)
-    device = window_inputs([prepare_frame(raw[i], 64, 64) for i in idx], representation)  # type: ignore[arg-type]
+    device = window_inputs([prepare_frame(raw[i], 64, 64, grey=grey) for i in idx], representation)  # type: ignore[arg-type]
     for item in (decoded, cached):
+        assert item.frames.shape[1:] == ((64, 64) if grey else (64, 64, 3))
         training = ds.window(item, 20, representation)  # type: ignore[arg-type]
         assert training.dtype == np.float32
-        assert training.shape == (20, 64, 64, channels_for(representation))  # type: ignore[arg-type]
+        shape = (channels_for(representation),) if grey else (64, 64, channels_for(representation))  # type: ignore[arg-type]
+        assert training.shape == (20, *shape)
         assert np.array_equal(training, device)
 
 
@@ -100,17 +106,27 @@ def test_each_shrink_stays_close_to_one_area_pass(shape: tuple[int, ...], versio
 
 
 def test_each_version_prepares_frames_its_own_way() -> None:
-    """A bundle's frames are prepared as it was trained: version 2 with the area filter, 3 with the fast
-    shrink (which takes the area filter's way under twice the model's size); other versions are refused."""
+    """A bundle's frames are prepared as it was trained: version 2 with the area filter, 3 with halvings
+    first (the area filter's way under twice the model's size), 4 as 3 in colour but, for a model that
+    reads grey, grey before the last step (and only from v4 on); other versions are refused."""
     rng = np.random.default_rng(1)
     frame = rng.integers(0, 256, (360, 640, 3), dtype=np.uint8)
-    v2, v3 = (np.rint(prepare_frame(frame, 64, 64, v) * 255).astype(np.uint8) for v in (2, 3))
+    v2, v3, v4 = (np.rint(prepare_frame(frame, 64, 64, v) * 255).astype(np.uint8) for v in (2, 3, 4))
     assert np.array_equal(cv2.cvtColor(v2, cv2.COLOR_RGB2BGR), shrink(frame, 64, 64))
-    assert np.array_equal(cv2.cvtColor(v3, cv2.COLOR_RGB2BGR), shrink_fast(frame, 64, 64))
-    assert not np.array_equal(v2, v3)
+    assert np.array_equal(cv2.cvtColor(v3, cv2.COLOR_RGB2BGR), shrink(halve(frame, 64, 64), 64, 64))
+    assert not np.array_equal(v2, v3) and np.array_equal(v3, v4)
+    grey = np.rint(prepare_frame(frame, 64, 64, 4, grey=True) * 255).astype(np.uint8)
+    assert np.array_equal(grey, shrink(cv2.cvtColor(halve(frame, 64, 64), cv2.COLOR_BGR2GRAY), 64, 64))
+    assert np.abs(grey.astype(int) - cv2.cvtColor(v3, cv2.COLOR_RGB2GRAY)).max() <= 1  # rounding's order only
+    assert np.array_equal(prepare_frame(frame, 64, 64, 3, grey=True), prepare_frame(frame, 64, 64, 3))
+    bgra = cv2.cvtColor(frame, cv2.COLOR_BGR2BGRA)
+    assert np.array_equal(prepare_frame(bgra, 64, 64, grey=True), prepare_frame(frame, 64, 64, grey=True))
+    ir = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)  # a camera's grey (IR) mode
+    assert prepare_frame(ir, 64, 64, grey=True).shape == (64, 64)
+    assert prepare_frame(ir, 64, 64, 3, grey=True).shape == (64, 64, 3)
     assert np.array_equal(prepare_frame(frame, 64, 64), prepare_frame(frame, 64, 64, PREPROCESS_VERSION))
     small = frame[:100, :120]
-    assert np.array_equal(shrink_fast(small, 64, 64), shrink(small, 64, 64))
+    assert halve(small, 64, 64) is small
     with pytest.raises(ValueError, match="preprocessing version 1 is not one of"):
         prepare_frame(frame, 64, 64, 1)
 

@@ -76,7 +76,7 @@ def _check_camera(camera) -> tuple[bool, str, np.ndarray | None]:  # type: ignor
 def _check_model(config: Config, frame: np.ndarray | None) -> tuple[bool, str, str]:
     from edge.adapters.runtime import BundleModel, RuntimeMissing
     from edge.bundle import BundleError
-    from edge.preprocess import prepare_frame, window_inputs
+    from edge.preprocess import window_inputs
 
     item = "model"
     try:
@@ -85,7 +85,7 @@ def _check_model(config: Config, frame: np.ndarray | None) -> tuple[bool, str, s
         return False, item, str(exc)
     spec = model.manifest.input
     image = frame if frame is not None else np.zeros((spec.height, spec.width, 3), np.uint8)
-    prepared = prepare_frame(image, spec.height, spec.width, spec.preprocess_version)
+    prepared = spec.prepare(image)
     window = window_inputs([prepared] * (spec.frames + 1), spec.representation)
     began = time.perf_counter()
     probs = model.predict_window(window)

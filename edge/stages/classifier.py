@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge.core.values import Frame, Prediction
-from edge.preprocess import FrameError, changed_fraction, model_input, prepare_frame
+from edge.preprocess import FrameError, changed_fraction, model_input
 
 if TYPE_CHECKING:
     from edge.adapters.runtime import BundleModel
@@ -70,7 +70,7 @@ class StreamClassifier:
         spec = self._spec
         try:
             image = frame.image if frame.model_image is None else frame.model_image
-            prepared = prepare_frame(image, spec.height, spec.width, spec.preprocess_version)
+            prepared = spec.prepare(image)
         except FrameError as exc:
             self.bad_frames += 1
             level = logging.WARNING if self.bad_frames == 1 else logging.DEBUG

@@ -145,7 +145,7 @@ class CameraPipeline:
         if frame.image is None:
             return frame
         spec = self.model.manifest.input
-        kept, model_image = bound_frame(frame.image, spec.height, spec.width, spec.preprocess_version)
+        kept, model_image = bound_frame(frame.image, spec.height, spec.width, spec.preprocess_version, spec.grey)
         if model_image is None:
             return frame
         return replace(frame, image=kept, model_image=model_image)  # memory bounded, the model's input unchanged
