@@ -31,7 +31,7 @@ SCENE_PIXEL_DELTA = 0.1  # on the 0..1 scale: a pixel counts as changed beyond t
 # Bumped whenever prepare_frame's output changes: bundles record it, the converter's decode cache is
 # keyed on it, and the converter trains with the newest. The device prepares frames the way each
 # bundle was trained and refuses the versions it no longer has (1: before the version was recorded).
-# 2: ``shrink``'s area filter by a whole factor; 3: ``shrink_fast``'s halvings (see there), half the cost;
+# 2: ``shrink``'s area filter by a whole factor; 3: ``halve``'s halvings first (see there), half the cost;
 # 4: a motion representation's frames are made grey before the last shrinking step (``reads_grey``);
 # the other representations' frames are v3's.
 PREPROCESS_VERSION = 4

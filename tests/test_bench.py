@@ -121,16 +121,16 @@ def test_the_floor_loop_does_the_daemons_work_up_to_its_step(step: str, tmp_path
     from edge.models import resolve_bundle
     from testbed.faults import pattern_video
 
-    # 2 s at 25 fps. The shipped bundle samples every 0.2 s, every 5th frame: each target falls on a frame
-    # of its own, so 10 frames are taken (the first at 0) and no other frame is ever a candidate. (At
-    # 0.1 s, between two frames, the frame after a tied target was retrieved as well: 21 for 20.)
+    # 2 s at 25 fps. The shipped bundle samples every 0.25 s, 6.25 frames: the frame nearest each target
+    # (0, 0.24, 0.48 of a tie at 0.5, 0.76, 1.0, ...) is taken, 8 of them up to 1.75 s, and since the next
+    # frame's time is known, no frame that is passed over is retrieved.
     bundle = resolve_bundle("builtin")
-    assert read_manifest(bundle).sampling.frame_interval_s == 0.2
+    assert read_manifest(bundle).sampling.frame_interval_s == 0.25
     video = pattern_video(tmp_path / "pattern.mp4", 320, 240, frames=50, fps=25.0)
     frames, retrieved, prepared = steps_loop(str(video), str(bundle), step)
     assert frames == 50
-    assert retrieved == {"grab": 0}.get(step, 10)
-    assert prepared == {"grab": 0, "retrieve": 0}.get(step, 10)
+    assert retrieved == {"grab": 0}.get(step, 8)
+    assert prepared == {"grab": 0, "retrieve": 0}.get(step, 8)
 
 
 def test_a_stream_written_without_an_h264_encoder_is_rebuilt_once_there_is_one(synth_data: Path,

@@ -115,7 +115,7 @@ class ClassifierConfig(_Section):
 
     ``hop`` is how many newly sampled frames pass between two classifications, a fifth of a window
     for a 20-frame one at the default 4. A bundle may record the hop its decision settings were
-    chosen at (the shipped model's: 2 of its 10 frames, 0.4 s); unset here, that one applies
+    chosen at (the shipped model's: 2 of its 8 frames, 0.5 s); unset here, that one applies
     (``classifier_for``), else ``DEFAULT_HOP``, the grid the converter evaluates clips on by default.
 
     ``scene_cut`` is the share of the picture that must change between two sampled frames for the
