@@ -36,6 +36,7 @@ SCENE_PIXEL_DELTA = 0.1  # on the 0..1 scale: a pixel counts as changed beyond t
 # the other representations' frames are v3's.
 PREPROCESS_VERSION = 4
 SUPPORTED_PREPROCESS_VERSIONS = (2, 3, 4)
+GREY_FROM_VERSION = 4  # the first version whose frames are grey for a model that reads grey
 
 
 class FrameError(ValueError):
@@ -66,7 +67,7 @@ def reads_grey(representation: str, version: int) -> bool:
     image is no longer made from a colour one twice per frame pair: 0.08 ms less per sampled frame
     at 320x240, 0.17 ms at 1280x720 (docs/performance.md). Earlier versions keep their colour frames.
     """
-    return version >= 4 and representation in _MOTION
+    return version >= GREY_FROM_VERSION and representation in _MOTION
 
 
 def prepare_frame(frame: np.ndarray, height: int, width: int, version: int = PREPROCESS_VERSION,
@@ -87,7 +88,7 @@ def prepare_frame(frame: np.ndarray, height: int, width: int, version: int = PRE
         raise FrameError(f"frame has shape {frame.shape}; expected HxW, HxWx1, HxWx3 or HxWx4")
     if frame.dtype != np.uint8:
         raise FrameError(f"frame has dtype {frame.dtype}; expected uint8")
-    grey = grey and version >= 4
+    grey = grey and version >= GREY_FROM_VERSION
     small = model_size(frame, height, width, version, grey)
     if not (grey and small.ndim == 2):
         small = cv2.cvtColor(small, _TO_RGB[small.shape[2] if small.ndim == 3 else 1])
@@ -108,7 +109,7 @@ def model_size(frame: np.ndarray, height: int, width: int, version: int = PREPRO
     if version < 3:
         return shrink(frame, height, width)
     frame = halve(frame, height, width)
-    if grey and version >= 4 and frame.ndim == 3:
+    if grey and version >= GREY_FROM_VERSION and frame.ndim == 3:
         frame = cv2.cvtColor(frame, _TO_GREY[frame.shape[2]])
     return shrink(frame, height, width)
 
