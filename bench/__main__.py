@@ -69,7 +69,7 @@ BENCHMARKS: dict[str, Callable[[Context], Table]] = {
     "model_cost": lambda c: model_cost.run(c.settings, c.models),
     "pipeline_overhead": lambda c: pipeline_overhead.run(c.settings, *c.device, c.labels),
     "floor": lambda c: floor.run(c.settings, *c.device, c.labels),
-    "memory_startup": lambda c: memory_startup.run(c.settings, c.stream, *c.device),
+    "memory_startup": lambda c: memory_startup.run(c.settings, c.labels, *c.device),
     "latency": Context.latency,
     "accuracy": lambda c: accuracy.run(c.settings, c.models),
     "scaling": lambda c: scaling.run(c.settings, c.stream, *c.device),

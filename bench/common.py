@@ -155,15 +155,34 @@ def log_times(stderr: str, message: str) -> list[datetime]:
     return found
 
 
+@dataclass(frozen=True)
+class Peak:
+    """A process's peak resident memory, and what it was made of at the highest sample taken.
+
+    Anonymous pages (heap, Python objects, decoder frames, stacks) are what the process needs;
+    file pages are the code and data of the libraries it maps, clean, shared with any other
+    process using them and dropped by the kernel under pressure. The kernel's VmHWM alone cannot
+    tell the two apart.
+    """
+
+    rss_mb: float  # VmHWM
+    anon_mb: float  # RssAnon at the sample where VmRSS was highest
+    file_mb: float  # RssFile + RssShmem at that sample
+
+
 @dataclass
 class DaemonRun:
     """One daemon process that finished cleanly: CPU and peak memory from the kernel, and its logs."""
 
     cpu_s: float
-    max_rss_mb: float
+    peak: Peak
     wall_s: float
     started: datetime  # wall clock just before the process was created
     stderr: str
+
+    @property
+    def max_rss_mb(self) -> float:
+        return self.peak.rss_mb
 
     def since_start(self, message: str) -> float | None:
         times = log_times(self.stderr, message)
@@ -188,18 +207,21 @@ def run_daemon(work: Path, cameras: list[dict[str, Any]], bundle: Path, *, broke
     daemon = launch(config, work, python=python)
     if on_started is not None:
         on_started(daemon)
-    cpu_s, peak_mb = _measured(daemon.proc, t0 + DAEMON_TIMEOUT_S)
+    cpu_s, peak = _measured(daemon.proc, t0 + DAEMON_TIMEOUT_S)
     if daemon.proc.returncode != 0:
         raise RuntimeError(f"daemon ({runtime}) exited with {daemon.proc.returncode}: {daemon.stderr[-500:]}")
-    return DaemonRun(cpu_s=cpu_s, max_rss_mb=peak_mb, wall_s=time.monotonic() - t0, started=started,
-                     stderr=daemon.stderr)
+    return DaemonRun(cpu_s=cpu_s, peak=peak, wall_s=time.monotonic() - t0, started=started, stderr=daemon.stderr)
 
 
-def _measured(proc: subprocess.Popen[bytes], deadline: float) -> tuple[float, float]:
-    """Wait for a child (SIGTERM at ``deadline``); its CPU seconds, all threads, from wait4, and peak RSS in MB."""
-    peak_kb = 0
+def _measured(proc: subprocess.Popen[bytes], deadline: float) -> tuple[float, Peak]:
+    """Wait for a child (SIGTERM at ``deadline``); its CPU seconds, all threads, from wait4, and its peak memory."""
+    hwm_kb, top = 0, (0, 0, 0)  # top: (VmRSS, RssAnon, file kB) of the highest sample
     while True:
-        peak_kb = max(peak_kb, _high_water_kb(proc.pid))
+        sample = _memory_kb(proc.pid)
+        hwm_kb = max(hwm_kb, sample.get("VmHWM", 0))
+        rss = sample.get("VmRSS", 0)
+        if rss > top[0]:
+            top = (rss, sample.get("RssAnon", 0), sample.get("RssFile", 0) + sample.get("RssShmem", 0))
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
@@ -209,27 +231,30 @@ def _measured(proc: subprocess.Popen[bytes], deadline: float) -> tuple[float, fl
             break
         time.sleep(0.02)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return usage.ru_utime + usage.ru_stime, peak_kb / 1024
+    return usage.ru_utime + usage.ru_stime, Peak(rss_mb=hwm_kb / 1024, anon_mb=top[1] / 1024, file_mb=top[2] / 1024)
 
 
-def _high_water_kb(pid: int) -> int:
-    """The process's own peak RSS (VmHWM). Not ru_maxrss: Linux carries the parent's peak across fork+exec,
-    so a daemon started from a benchmark process that has TensorFlow loaded would report TensorFlow's size."""
+def _memory_kb(pid: int) -> dict[str, int]:
+    """The process's memory lines from /proc (kB); empty once it has gone.
+
+    The peak is the process's own VmHWM, not ru_maxrss: Linux carries the parent's peak across
+    fork+exec, so a daemon started from a benchmark process that has TensorFlow loaded would report
+    TensorFlow's size.
+    """
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
-        return 0
-    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
-    return int(match.group(1)) if match else 0
+        return {}
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(Vm\w+|Rss\w+):\s+(\d+) kB", status, re.MULTILINE)}
 
 
 def child_usage(argv: list[str]) -> tuple[float, float]:
     """Run a command to the end; (CPU seconds, peak RSS in MB) of that child alone."""
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
-    usage = _measured(proc, time.monotonic() + DAEMON_TIMEOUT_S)
+    cpu_s, peak = _measured(proc, time.monotonic() + DAEMON_TIMEOUT_S)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited with {proc.returncode}")
-    return usage
+    return cpu_s, peak.rss_mb
 
 
 def write_results(path: Path, info: dict[str, Any], tables: list[Table], settings: dict[str, Any]) -> None:

@@ -84,11 +84,19 @@ def test_pipeline_memory_and_scaling_figures_are_sane(quick_results: dict) -> No
     for row in floor.values():
         assert all(isinstance(row[f"{c}_ms"], float) for c in ("read", "grab", "retrieve", "prepare", "input"))
         assert row["goal_reachable"] in ("yes", "no")
-    runtimes = {r["runtime"]: r for r in tables["memory_startup"]["rows"]}
-    assert "ai-edge-litert" in runtimes
-    for row in runtimes.values():
+    memory = tables["memory_startup"]["rows"]
+    litert = [r for r in memory if r["runtime"] == "ai-edge-litert"]
+    assert [r["stream"] for r in litert] == ["64x64 (floor)", "640x360", "1280x720"]
+    assert litert[0]["camera_mb"] is None
+    assert litert[2]["goal"] == "<= 90 MB" and litert[1]["goal"] == "<= 150 MB"
+    for row in memory:
         assert 20 < row["peak_rss_mb"] < 2000
+        # The split is taken at the highest sample, so it adds up to at most the kernel's high-water mark.
+        assert row["anon_mb"] > 5 and row["file_mb"] > 5
+        assert row["anon_mb"] + row["file_mb"] <= row["peak_rss_mb"] + 0.1
         assert 0 < row["to_running_s"] <= row["to_first_window_s"]
+    # A 1280x720 frame is 225 times a 64x64 one: decoding and converting it shows above the floor.
+    assert litert[2]["camera_mb"] > 3
     assert [r["cameras"] for r in tables["scaling"]["rows"]] == [1, 2]
     for row in tables["scaling"]["rows"]:
         assert 0 < row["fps_held_min"] <= row["fps_held_mean"] <= 26 and row["cpu_cores"] > 0
