@@ -91,9 +91,10 @@ def test_pipeline_memory_and_scaling_figures_are_sane(quick_results: dict) -> No
     assert litert[2]["goal"] == "<= 90 MB" and litert[1]["goal"] == "<= 150 MB"
     for row in memory:
         assert 20 < row["peak_rss_mb"] < 2000
-        # The split is taken at the highest sample, so it adds up to at most the kernel's high-water mark.
+        # The split is taken at the highest sample, so it adds up to at most the kernel's high-water mark
+        # (give or take the three figures' rounding to 0.1 MB).
         assert row["anon_mb"] > 5 and row["file_mb"] > 5
-        assert row["anon_mb"] + row["file_mb"] <= row["peak_rss_mb"] + 0.1
+        assert row["anon_mb"] + row["file_mb"] <= row["peak_rss_mb"] + 0.151
         assert 0 < row["to_running_s"] <= row["to_first_window_s"]
     # A 1280x720 frame is 225 times a 64x64 one: decoding and converting it shows above the floor.
     assert litert[2]["camera_mb"] > 3
