@@ -51,18 +51,20 @@ def run(settings: Settings, labels: tuple[str, str], bundle: Path, source: str) 
         table.notes.append("tflite-runtime not measured: set RCLSTM_TFLITE_PYTHON to its interpreter")
     used = {size: streams(settings, *labels, "h264", size)[0] for size in SIZES}
     for runtime, python in runtimes:
-        floor_mb = None
+        floor_mb = 0.0  # SIZES starts with the floor, so it is set before any camera is compared with it
         for size, stream in used.items():
             runs = _runs(settings, stream, bundle, runtime, python, repeats)
             rss = statistics.median(r.peak.rss_mb for r in runs)
-            floor_mb = rss if size == FLOOR_SIZE else floor_mb
+            is_floor = size == FLOOR_SIZE
+            if is_floor:
+                floor_mb = rss
             goal = GOAL_720P_MB if size == (1280, 720) else RSS_GOAL_MB
             table.rows.append({
-                "runtime": runtime, "stream": f"{size[0]}x{size[1]}" + (" (floor)" if size == FLOOR_SIZE else ""),
+                "runtime": runtime, "stream": f"{size[0]}x{size[1]}" + (" (floor)" if is_floor else ""),
                 "peak_rss_mb": round(rss, 1),
                 "anon_mb": round(statistics.median(r.peak.anon_mb for r in runs), 1),
                 "file_mb": round(statistics.median(r.peak.file_mb for r in runs), 1),
-                "camera_mb": None if size == FLOOR_SIZE or floor_mb is None else round(rss - floor_mb, 1),
+                "camera_mb": None if is_floor else round(rss - floor_mb, 1),
                 "to_running_s": round(statistics.median(r.since_start("running:") or 0.0 for r in runs), 3),
                 "to_first_window_s": round(statistics.median(r.since_start("first window") or 0.0 for r in runs), 3),
                 "goal": f"<= {goal:g} MB", "goal_met": "yes" if rss <= goal else "no",

@@ -50,6 +50,11 @@ def runs(clip_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return first, second
 
 
+def _second_start(events: list[dict]) -> int:
+    """The index of the second incident's start message."""
+    return next(i for i, e in enumerate(events) if e["event_id"] != events[0]["event_id"])
+
+
 def _shift(value: str, seconds: float) -> str:
     moved = datetime.fromisoformat(value.replace("Z", "+00:00")) + timedelta(seconds=seconds)
     return moved.isoformat().replace("+00:00", "Z")
@@ -87,7 +92,7 @@ def test_scores_within_the_tolerance_agree_and_beyond_it_do_not(runs: tuple[list
 
 def test_an_incident_one_hop_later_agrees_a_second_later_does_not(runs: tuple[list, list]) -> None:
     reference = runs[0]
-    second_start = next(i for i, e in enumerate(reference) if e["event_id"] != reference[0]["event_id"])
+    second_start = _second_start(reference)
     hop, late = copy.deepcopy(reference), copy.deepcopy(reference)
     hop[second_start]["started_at"] = _shift(reference[second_start]["started_at"], 0.52)  # a hop and a frame
     late[second_start]["started_at"] = _shift(reference[second_start]["started_at"], 2 * TIME_TOL_S)
@@ -101,7 +106,7 @@ def test_a_mean_score_may_move_by_one_window_only_when_the_incident_began_a_wind
     """Real footage on litert: a start one hop later, so its mean over 4 windows had one other window in it
     (0.72 on x86, 0.78 on arm64). The same move in an incident that began at the same time is a difference."""
     reference = runs[0]
-    second_start = next(i for i, e in enumerate(reference) if e["event_id"] != reference[0]["event_id"])
+    second_start = _second_start(reference)
     share = 1.0 / reference[second_start]["windows"]
     moved = SCORE_TOL + share * 0.5
     later, same_start = copy.deepcopy(reference), copy.deepcopy(reference)
