@@ -12,7 +12,8 @@ process with one decoder thread (the daemon's setting up to 720p) runs
 
 Step 4 is the work of any model with this sampling and representation before the model itself
 runs, the decision, events or anything else. Each figure is marginal, like ``pipeline_overhead``'s
-(long stream minus short stream), and each repeat has its own bare ``read()`` baseline. Unlike there,
+and on its streams (long stream minus short stream), and each repeat has its own bare ``read()``
+baseline. Unlike there,
 each child times its own loop (CPU of all its threads, from opening the file to the last frame), so
 the interpreter's start-up and imports, whose CPU varies by tens of milliseconds from run to run on
 a shared machine, are not in the difference: the steps differ by a few ms per video-second.
@@ -28,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench.common import Settings, Table
-from bench.pipeline_overhead import KINDS, bare_read, streams
+from bench.pipeline_overhead import KINDS, bare_read, kind_passes, streams
 
 STEPS = ("grab", "retrieve", "prepare", "input")
 
@@ -91,10 +92,10 @@ def run(settings: Settings, bundle: Path, source: str, labels: tuple[str, str]) 
                   ["stream", "read_ms", *(f"{s}_ms" for s in STEPS), "floor_ratio", "floor_range", "goal",
                    "goal_reachable"])
     detail = []
-    for name, codec, size, goal in KINDS:
+    for name, codec, size, goal, passes in KINDS:
         if codec == "mjpeg":
             continue
-        long, short = streams(settings, *labels, codec, size)
+        long, short = streams(settings, *labels, codec, size, kind_passes(settings, passes))
         span = long["seconds"] - short["seconds"]
         per_s: dict[str, list[float]] = {side: [] for side in sides}
         for _ in range(repeats):

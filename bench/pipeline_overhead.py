@@ -26,20 +26,26 @@ from bench.streams import Segment, build_stream
 from testbed.daemon import DaemonProcess, camera
 from testbed.mjpeg import MjpegCamera, read_jpegs
 
-# (row name, codec asked for, size, goal: daemon CPU at most this times the bare read() loop's)
-KINDS: tuple[tuple[str, str, tuple[int, int], float], ...] = (
-    ("H.264 640x360", "h264", (640, 360), 1.0),
-    ("H.264 1280x720", "h264", (1280, 720), 1.0),
-    ("MPEG-4 640x360", "mpeg4", (640, 360), 1.1),
-    ("MPEG-4 320x240", "mpeg4", (320, 240), 1.1),
-    ("MJPEG 640x360 over HTTP", "mjpeg", (640, 360), 0.5),
+# (row name, codec asked for, size, goal: daemon CPU at most this times the bare read() loop's, passes: how
+# many times the long file stream plays its segments). Start-up (imports, model load) costs the daemon
+# 0.7-1.0 s of CPU and moves by up to 0.3 s from run to run (six runs on the 320x240 file, 2026-12-01),
+# so each long stream is made long enough that the daemon spends 5 s or more of CPU on it: over 112 s
+# of 320x240 MPEG-4 (9.5 ms a video-second) that swing alone moved one repeat's ratio by up to 0.3.
+# The MJPEG camera plays in real time and keeps one pass.
+KINDS: tuple[tuple[str, str, tuple[int, int], float, int], ...] = (
+    ("H.264 640x360", "h264", (640, 360), 1.0, 3),
+    ("H.264 1280x720", "h264", (1280, 720), 1.0, 3),
+    ("MPEG-4 640x360", "mpeg4", (640, 360), 1.1, 8),
+    ("MPEG-4 320x240", "mpeg4", (320, 240), 1.1, 16),
+    ("MJPEG 640x360 over HTTP", "mjpeg", (640, 360), 0.5, 1),
 )
 LIVE_TIMEOUT_S = 600.0
-# The long file streams play their segments this many times over. Start-up (imports, model load) costs
-# the daemon 0.7-0.8 s of CPU, give or take 0.1 s from run to run; over one pass (32 s more than the
-# short stream) that moved a cheap stream's ratio by up to 0.3 (MPEG-4 640x360 decodes for 13-19 ms a
-# video-second), over three (112 s) by under 0.1. The MJPEG camera plays in real time and keeps one pass.
-FILE_PASSES = 3
+
+
+def kind_passes(settings: Settings, passes: int) -> int:
+    """The passes a stream kind's long stream plays: the kind's own in a full run, one in a quick one (its
+    figures are noise-sized whatever the length: the quick run checks that everything runs)."""
+    return settings.pick(1, passes)
 
 
 def bare_read(source: str, threads: int | None) -> int:
@@ -115,8 +121,8 @@ def run(settings: Settings, bundle: Path, source: str, labels: tuple[str, str]) 
                   ["stream", "codec", "read_ms", "read_1t_ms", "daemon_ms", "ratio", "ratio_range", "ratio_vs_1t",
                    "goal", "goal_met", "read_rss_mb", "daemon_rss_mb"])
     detail: list[dict[str, Any]] = []
-    for name, codec, size, goal in KINDS:
-        passes = 1 if codec == "mjpeg" else FILE_PASSES
+    for name, codec, size, goal, kind in KINDS:
+        passes = kind_passes(settings, kind)
         long, short = (_Source(s) for s in streams(settings, *labels, codec, size, passes))
         span = long.stream["seconds"] - short.stream["seconds"]
         sides = ("daemon", "read") if long.live else ("daemon", "read", "read-1t")  # MJPEG decodes on one thread
@@ -143,15 +149,16 @@ def run(settings: Settings, bundle: Path, source: str, labels: tuple[str, str]) 
             "daemon_rss_mb": round(statistics.median(rss["daemon"]), 1),
         }
         table.rows.append(row)
-        detail.append({"stream": name, "long": long.stream, "short": short.stream, "ms_per_video_s": per_s,
-                       "peak_rss_mb": rss, "ratios": ratios})
-    file_s, short_s = (sum(t for _, t in s) for s in segments(settings, *labels, FILE_PASSES))
-    live_s = sum(t for _, t in segments(settings, *labels)[0])
+        detail.append({"stream": name, "long": long.stream, "short": short.stream, "passes": passes,
+                       "ms_per_video_s": per_s, "peak_rss_mb": rss, "ratios": ratios})
+    one_pass, short = (sum(t for _, t in s) for s in segments(settings, *labels))
     table.extra.update(streams=detail, bundle=str(bundle), model_source=source, repeats=repeats)
     table.notes += [
         "ms = CPU milliseconds (all threads) per second of video, marginal: (CPU of a long stream - CPU of a "
-        f"{short_s:g} s one) / their difference, so start-up is not counted; the long stream is {file_s:g} s for "
-        f"the files, {live_s:g} s for the MJPEG camera (it plays in real time)",
+        f"{short:g} s one) / their difference, so start-up is not counted; the long stream plays {one_pass:g} s "
+        "of clips "
+        + ", ".join(f"{kind_passes(settings, k)}x for {n}" for n, _, _, _, k in KINDS)
+        + " (the MJPEG camera plays in real time)",
         "read = cv2.VideoCapture(source).read() on every frame, OpenCV defaults; read_1t = the same with one "
         "decoder thread; ratio = daemon / read per repeat, median and range of "
         f"{repeats} repeat(s); rss = peak RSS of the long run, one camera",
