@@ -121,8 +121,8 @@ def run(settings: Settings, bundle: Path, source: str, labels: tuple[str, str]) 
                   ["stream", "codec", "read_ms", "read_1t_ms", "daemon_ms", "ratio", "ratio_range", "ratio_vs_1t",
                    "goal", "goal_met", "read_rss_mb", "daemon_rss_mb"])
     detail: list[dict[str, Any]] = []
-    for name, codec, size, goal, kind in KINDS:
-        passes = kind_passes(settings, kind)
+    for name, codec, size, goal, full_passes in KINDS:
+        passes = kind_passes(settings, full_passes)
         long, short = (_Source(s) for s in streams(settings, *labels, codec, size, passes))
         span = long.stream["seconds"] - short.stream["seconds"]
         sides = ("daemon", "read") if long.live else ("daemon", "read", "read-1t")  # MJPEG decodes on one thread
@@ -151,11 +151,11 @@ def run(settings: Settings, bundle: Path, source: str, labels: tuple[str, str]) 
         table.rows.append(row)
         detail.append({"stream": name, "long": long.stream, "short": short.stream, "passes": passes,
                        "ms_per_video_s": per_s, "peak_rss_mb": rss, "ratios": ratios})
-    one_pass, short = (sum(t for _, t in s) for s in segments(settings, *labels))
+    one_pass_s, short_s = (sum(t for _, t in s) for s in segments(settings, *labels))
     table.extra.update(streams=detail, bundle=str(bundle), model_source=source, repeats=repeats)
     table.notes += [
         "ms = CPU milliseconds (all threads) per second of video, marginal: (CPU of a long stream - CPU of a "
-        f"{short:g} s one) / their difference, so start-up is not counted; the long stream plays {one_pass:g} s "
+        f"{short_s:g} s one) / their difference, so start-up is not counted; the long stream plays {one_pass_s:g} s "
         "of clips "
         + ", ".join(f"{kind_passes(settings, k)}x for {n}" for n, _, _, _, k in KINDS)
         + " (the MJPEG camera plays in real time)",
