@@ -13,10 +13,10 @@ process with one decoder thread (the daemon's setting up to 720p) runs
 Step 4 is the work of any model with this sampling and representation before the model itself
 runs, the decision, events or anything else. Each figure is marginal, like ``pipeline_overhead``'s
 and on its streams (long stream minus short stream), and each repeat has its own bare ``read()``
-baseline. Unlike there,
-each child times its own loop (CPU of all its threads, from opening the file to the last frame), so
-the interpreter's start-up and imports, whose CPU varies by tens of milliseconds from run to run on
-a shared machine, are not in the difference: the steps differ by a few ms per video-second.
+baseline. Unlike there, each child times its own loop (CPU of all its threads, from opening the
+file to the last frame), so the interpreter's start-up and imports, whose CPU varies by tens of
+milliseconds from run to run on a shared machine, are not in the difference: the steps differ by a
+few ms per video-second.
 """
 
 from __future__ import annotations

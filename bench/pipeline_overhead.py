@@ -157,7 +157,7 @@ def run(settings: Settings, bundle: Path, source: str, labels: tuple[str, str]) 
         "ms = CPU milliseconds (all threads) per second of video, marginal: (CPU of a long stream - CPU of a "
         f"{short_s:g} s one) / their difference, so start-up is not counted; the long stream plays {one_pass_s:g} s "
         "of clips "
-        + ", ".join(f"{kind_passes(settings, k)}x for {n}" for n, _, _, _, k in KINDS)
+        + ", ".join(f"{d['passes']}x for {d['stream']}" for d in detail)
         + " (the MJPEG camera plays in real time)",
         "read = cv2.VideoCapture(source).read() on every frame, OpenCV defaults; read_1t = the same with one "
         "decoder thread; ratio = daemon / read per repeat, median and range of "
