@@ -5,7 +5,7 @@ comes from, and what no change to the daemon after a step can undo: per stream k
 ``pipeline_overhead``; MJPEG is left out because its camera takes real time per run), a child
 process with one decoder thread (the daemon's setting up to 720p) runs
 
-1. ``grab`` every frame (demuxing and decoding);
+1. ``grab`` every frame (demuxing and decoding), and offer the sampler those it does not pass over;
 2. + ``retrieve`` (the colour conversion) of the frames the bundle's sampler takes;
 3. + ``prepare_frame`` of those (shrinking to the model's size);
 4. + the model input of each (``model_input``: for a motion bundle, the flow statistics).
@@ -62,6 +62,8 @@ def steps_loop(source: str, bundle: str, step: str) -> tuple[int, int, int]:
     while capture.grab():
         ts = frames * period
         frames += 1
+        if sampler.passes_over(ts, ts + period):
+            continue  # the daemon's source does not deliver these
         image = None
         if depth > 0 and sampler.could_take(ts, ts + period):
             image = capture.retrieve()[1]

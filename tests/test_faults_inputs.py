@@ -27,7 +27,7 @@ def _raw_ffmpeg_lines(video: Path) -> int:
     code = ("import sys, threading\nfrom edge.adapters.sources import CameraSource\n"
             "from edge.core.config import CameraConfig\nfrom edge.stages.sampler import Sampler\n"
             "sampler = Sampler(0.1)\ncamera = CameraConfig(id='c', source=sys.argv[1], realtime=False)\n"
-            "for frame in CameraSource(camera).frames(threading.Event(), sampler.could_take):\n"
+            "for frame in CameraSource(camera).frames(threading.Event(), sampler):\n"
             "    sampler.offer(frame)\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCV_FFMPEG")}
     done = subprocess.run([sys.executable, "-c", code, str(video)], capture_output=True, text=True, env=env,

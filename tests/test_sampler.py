@@ -152,3 +152,33 @@ def test_could_take_says_which_frames_will_be_returned(gaps: list[float], interv
     known = {i for i in range(len(timestamps) - 1) if timestamps[i + 1] > timestamps[i] and i + 1 != reset_at}
     assert {i for i in known if said[i]} == returned & known
     assert returned <= {i for i, yes in said.items() if yes} & {i for i, yes in said_unknown.items() if yes}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    gaps=st.lists(st.floats(min_value=-0.05, max_value=0.6), min_size=2, max_size=300),
+    interval=st.floats(min_value=0.05, max_value=1.0),
+    reset_at=st.integers(min_value=0, max_value=300),
+)
+def test_frames_it_passes_over_need_not_be_offered(gaps: list[float], interval: float, reset_at: int) -> None:
+    """A source that does not offer the frames ``passes_over`` names gets exactly the frames, in the same calls
+    relative to the frames it does offer, as one that offers every frame. Any rate, timestamps that go back,
+    a reset; the frames passed over are never ones ``could_take`` says yes to."""
+    timestamps = [float(t) for t in np.cumsum(gaps)]
+    every, some = Sampler(interval), Sampler(interval)
+    skipped = 0
+    for i, ts in enumerate(timestamps):
+        if i == reset_at:
+            every.reset()
+            some.reset()
+        following = timestamps[i + 1] if i + 1 < len(timestamps) and i + 1 != reset_at else None
+        frame = Frame(PIXEL, ts, START, model_image=np.full(1, i))
+        out = every.offer(frame)
+        if following is not None and some.passes_over(ts, following):
+            assert out is None and not some.could_take(ts, following)
+            skipped += 1
+            continue
+        again = some.offer(frame)
+        assert (out is None and again is None) or (out is not None and again is out)
+    if max(gaps) <= interval / 4 and min(gaps) > 0 and reset_at >= len(timestamps):
+        assert skipped > len(timestamps) / 2 - 4  # a camera much faster than the interval: most are passed over

@@ -227,18 +227,19 @@ def variable_rate_mpeg4(path: Path) -> Path:
     return retime_mp4(path, [1, 1, 2, 1, 3, 1, 1])
 
 
-def sampled(camera: CameraConfig, interval: float, only_used: bool) -> tuple[list[tuple[float, str]], int, int]:
-    """(timestamp and pixel digest of each sampled frame, frames read, frames converted)."""
+def sampled(camera: CameraConfig, interval: float, only_used: bool) -> tuple[list[tuple[float, str]], int, int, int]:
+    """(timestamp and pixel digest of each sampled frame, frames read, frames delivered, frames converted)."""
     sampler = Sampler(interval)
-    picks, read, converted = [], 0, 0
-    for frame in CameraSource(camera).frames(threading.Event(), sampler.could_take if only_used else None):
-        read += 1
+    picks, read, delivered, converted = [], 0, 0, 0
+    for frame in CameraSource(camera).frames(threading.Event(), sampler if only_used else None):
+        read += 1 + frame.passed_over
+        delivered += 1
         converted += frame.image is not None
         pick = sampler.offer(frame)
         if pick is not None:
             assert pick.image is not None, f"the frame at {pick.ts}s was sampled but not converted"
             picks.append((pick.ts, hashlib.sha256(pick.image.tobytes()).hexdigest()))
-    return picks, read, converted
+    return picks, read, delivered, converted
 
 
 def test_a_looped_file_read_for_the_sampler_samples_the_same_frames_on_every_pass(tmp_path: Path) -> None:
@@ -247,8 +248,12 @@ def test_a_looped_file_read_for_the_sampler_samples_the_same_frames_on_every_pas
     picks = []
     for only_used in (False, True):
         sampler, stop = Sampler(0.1), threading.Event()
-        frames = CameraSource(camera).frames(stop, sampler.could_take if only_used else None)
-        taken = [sampler.offer(f) for f in collect_frames(frames, stop, 250)]  # two passes and a bit
+        read, taken = 0, []
+        for frame in CameraSource(camera).frames(stop, sampler if only_used else None):
+            read += 1 + frame.passed_over  # frames the sampler passes over come as a count
+            if read > 250:  # two passes and a bit
+                break
+            taken.append(sampler.offer(frame))
         picks.append([(f.ts, hashlib.sha256(f.image.tobytes()).hexdigest()) for f in taken
                       if f is not None and f.image is not None])
         assert sum(f is not None for f in taken) == len(picks[-1])
@@ -261,11 +266,23 @@ def test_a_looped_file_read_for_the_sampler_samples_the_same_frames_on_every_pas
 def test_decoding_only_frames_the_sampler_may_take_samples_the_same_frames(tmp_path: Path, make, interval) -> None:
     video = make(tmp_path / "vfr.mp4") if make else write_video(tmp_path / "cfr.avi", 90, 25.0, "MJPG")
     camera = CameraConfig(id="door", source=str(video), realtime=False)
-    every, read, converted = sampled(camera, interval, only_used=False)
-    assert converted == read
-    used, read_again, converted_used = sampled(camera, interval, only_used=True)
+    every, read, delivered, converted = sampled(camera, interval, only_used=False)
+    assert converted == delivered == read
+    used, read_again, delivered_used, converted_used = sampled(camera, interval, only_used=True)
     assert used == every and read_again == read
     assert len(every) <= converted_used < read * 0.75, (len(every), converted_used, read)
+    assert converted_used <= delivered_used <= read  # frames the sampler passes over are not delivered
+
+
+def test_a_camera_much_faster_than_the_sampling_delivers_the_frames_around_each_target(tmp_path: Path) -> None:
+    """At 25 fps sampled every 0.25 s, the frames the sampler passes over (both it and the next one before
+    the target) are not delivered but counted, and the same frames are sampled as when every frame is."""
+    video = write_video(tmp_path / "cfr.mp4", 100, 25.0)
+    camera = CameraConfig(id="door", source=str(video), realtime=False)
+    every, read, _, _ = sampled(camera, 0.25, only_used=False)
+    used, read_again, delivered, converted = sampled(camera, 0.25, only_used=True)
+    assert used == every and read_again == read == 100
+    assert len(every) <= converted <= delivered <= 3 * len(every) < read / 2, (len(every), converted, delivered, read)
 
 
 # --- HTTP MJPEG -------------------------------------------------------------------------------------

@@ -15,15 +15,16 @@ reading started (as if it had just been recorded), and a wall time is never late
 (a looped or unmeasured file is clamped to now): no event time lies in the future. A live frame
 carries ``time.monotonic()`` and the UTC time it was read.
 
-Decoding only what is used: a source given ``wanted`` (the sampler's ``could_take``) grabs every
-frame, which decodes it (H.264 and MPEG-4 frames depend on each other), but converts it to a BGR
-image (``retrieve``) only when the sampler could take it; the others are offered with no pixels, so
-the sampler still sees every timestamp and picks exactly the frames it picked before. Whether a frame
+Decoding only what is used: a source given ``wanted`` (the sampler) grabs every frame, which
+decodes it (H.264 and MPEG-4 frames depend on each other), but converts it to a BGR image
+(``retrieve``) only when the sampler could take it; the others are offered with no pixels, so the
+sampler still sees every timestamp and picks exactly the frames it picked before, or, when the
+sampler passes over them, are not delivered at all (the next frame counts them). Whether a frame
 can be taken depends on the timestamp of the frame after it, so a file's next timestamp is read
 ahead from its packets (``_Positions``, no decoding); a live H.264 stream's next frame has not
-arrived yet, so its frames are all converted. An HTTP MJPEG camera is read as JPEG packets
-(OpenCV's raw mode) and only the JPEGs the sampler takes are decoded, by the pipeline, at the
-smallest size the model and snapshots allow.
+arrived yet, so its frames are all converted and delivered. An HTTP MJPEG camera is read as JPEG
+packets (OpenCV's raw mode) and only the JPEGs the sampler takes are decoded, by the pipeline, at
+the smallest size the model and snapshots allow.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import cv2
@@ -70,8 +72,18 @@ REORDER_DEPTH = 16
 MAX_PACING_LAG_S = 1.0
 
 StateCallback = Callable[[SourceState], None]
-# (a frame's timestamp, the next frame's or None when not known) -> whether its pixels may be used.
-Wanted = Callable[[float, float | None], bool]
+
+
+class Wanted(Protocol):
+    """What a source asks before it pays for a frame; ``edge.stages.sampler.Sampler`` answers."""
+
+    def could_take(self, ts: float, next_ts: float | None) -> bool:
+        """Whether the frame at ``ts`` (the next one at ``next_ts``, None when not known) needs its pixels."""
+        ...
+
+    def passes_over(self, ts: float, next_ts: float) -> bool:
+        """Whether the frame at ``ts`` need not be delivered at all."""
+        ...
 
 
 class SourceError(Exception):
@@ -320,8 +332,9 @@ class CameraSource:
     def frames(self, stop: threading.Event, wanted: Wanted | None = None) -> Iterator[Frame]:
         """Frames until ``stop`` is set (or a non-looped file ends); source failures are retried, never raised.
 
-        With ``wanted``, a frame it declines comes without pixels and an MJPEG camera's frames come as
-        JPEGs (``Frame.encoded``); without it every frame is decoded (replay draws them all).
+        With ``wanted``, a frame it declines comes without pixels, one it passes over does not come at all
+        (the next frame's ``passed_over`` counts it) and an MJPEG camera's frames come as JPEGs
+        (``Frame.encoded``); without it every frame is decoded (replay draws them all).
         """
         backoff = self.backoff_start_s
         try:
@@ -390,6 +403,7 @@ class CameraSource:
         delivered = 0
         last_read = time.monotonic()
         expected: float | None = None  # where _Positions said this frame would be
+        passed_over = 0  # frames since the last one delivered that the sampler passes over
         while not stop.is_set():
             self._beat()
             ok = capture.grab()
@@ -427,7 +441,11 @@ class CameraSource:
                     expected = upcoming.after(pos)
                     if expected is not None:  # an upper bound: a later next frame is never wrongly skipped
                         next_ts = max(self._file_offset + expected / 1000.0, ts + period)
-                pixels = _pixels(capture, packets, packets or wanted is None or wanted(ts, next_ts))
+                        if wanted is not None and wanted.passes_over(ts, next_ts):
+                            passed_over += 1  # delivered with the next frame, as a count
+                            last_ts = ts
+                            continue
+                pixels = _pixels(capture, packets, packets or wanted is None or wanted.could_take(ts, next_ts))
                 if pixels is None:
                     self.bad_frames += 1
                 else:
@@ -444,7 +462,8 @@ class CameraSource:
                     delivered += 1
                     self._set_state(SourceState.streaming())
                     image, encoded = pixels
-                    yield Frame(image, ts, wall, encoded=encoded)
+                    yield Frame(image, ts, wall, encoded=encoded, passed_over=passed_over)
+                    passed_over = 0
                     continue
             if watch.stalled(now):
                 self.stalls += 1

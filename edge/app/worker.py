@@ -80,7 +80,7 @@ class CameraWorker:
 
     def _run(self, stop: threading.Event) -> None:
         try:
-            for frame in self.source.frames(stop, self.pipeline.sampler.could_take):
+            for frame in self.source.frames(stop, self.pipeline.sampler):
                 self._emit(self.pipeline.process(frame))
         except Exception as exc:  # a bug in one camera's chain must not take the others down silently
             self.error = f"{type(exc).__name__}: {exc}"

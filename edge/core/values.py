@@ -37,6 +37,9 @@ class Frame:
     model_image: np.ndarray | None = None
     # An MJPEG camera's frame as its JPEG, decoded only if sampled (``edge.preprocess.decode_jpeg``).
     encoded: bytes | None = None
+    # Frames the source read just before this one and did not deliver, because the sampler passes over
+    # them (``Sampler.passes_over``): counted as frames in, and nothing else.
+    passed_over: int = 0
 
 
 @dataclass(frozen=True)

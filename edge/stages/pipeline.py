@@ -87,7 +87,7 @@ class CameraPipeline:
 
     def process(self, frame: Frame) -> list[Output]:
         """Feed one captured frame; returns the outputs it completes (usually none)."""
-        self.frames_in += 1
+        self.frames_in += 1 + frame.passed_over
         frame = self._bounded(frame)
         self._last = (frame.wall, frame.ts)
         sampled = self.sampler.offer(frame)

@@ -14,6 +14,8 @@ downstream is shifted). When a camera is slower than the interval every frame is
 Because the choice depends on timestamps alone, a source can ask before paying for a frame's pixels
 (``could_take``): whether a frame at ``ts`` can ever be returned, given the timestamp of the frame
 after it. Only those frames need to be converted or decoded; the others are offered without pixels.
+Most of those need not be offered at all (``passes_over``): the frame after them, still before the
+target, leaves the sampler exactly as if they had been.
 """
 
 from __future__ import annotations
@@ -108,6 +110,17 @@ class Sampler:
         if next_ts is None or next_ts <= ts:  # an unknown or out-of-order successor settles nothing
             return trial._below is probe
         return trial.offer(Frame(None, next_ts, _NO_WALL)) is probe
+
+    def passes_over(self, ts: float, next_ts: float) -> bool:
+        """Whether a frame at ``ts``, followed by one at ``next_ts``, can go unoffered without changing anything.
+
+        True when both are before the current target (so ``could_take`` says no at once) and no decided
+        frame waits to be returned: offering it would only make it the candidate below the target and
+        the latest timestamp, and offering the next frame replaces both. A source skips such frames
+        altogether (``Frame.passed_over``), which spares their per-frame work down the chain.
+        """
+        last = self._last_ts
+        return self._ready is None and last is not None and last < ts < next_ts < self._target - _EPS
 
     def _advance_past(self, ts: float) -> None:
         """Move the target to the first grid point after ``ts`` (targets a taken frame already served are skipped)."""

@@ -170,10 +170,10 @@ def scan(
     pipeline = CameraPipeline(camera, decision, classifier, model, device_id, site, on_window=window)
     source = CameraSource(camera, on_state=state)
     # Only a frame hook (replay's annotated video) needs the frames the sampler does not take.
-    for frame in source.frames(stop, pipeline.sampler.could_take if on_frame is None else None):
+    for frame in source.frames(stop, pipeline.sampler if on_frame is None else None):
         if result.first is None:
             result.first = frame
-        result.frames += 1
+        result.frames += 1 + frame.passed_over
         result.last_ts = frame.ts
         cuts = pipeline.classifier.scene_cuts
         emit(pipeline.process(frame))
