@@ -95,7 +95,10 @@ class Sampler:
         Exact when ``next_ts`` is the real next timestamp, since a frame is settled by the frame after
         it at the latest (taken, or replaced as the candidate before the target); ``None`` (not known
         yet) answers True for every frame the sampler does not discard outright, so nothing wanted is
-        ever skipped. It answers by offering stand-ins to a copy, so the rule lives in ``offer`` only.
+        ever skipped. The frames around a target, which a file source still delivers (``passes_over``),
+        are answered directly when nothing waits to be returned, 3 in 4 of them at 25 fps sampled every
+        0.25 s; the rest by offering stand-ins to a copy. tests/test_sampler.py checks every answer
+        against what ``offer`` then does.
         """
         if self._last_ts is not None and ts <= self._last_ts:
             return False  # ignored as out of order
@@ -103,6 +106,14 @@ class Sampler:
             # Both before the target: the later one is nearer to it, so this one is passed over. The
             # answer offer() gives (tests/test_sampler.py), without its copy, for most of a camera's frames.
             return False
+        if self._anchor is not None and self._ready is None:
+            target = self._target
+            if next_ts is not None and ts < target - _EPS <= next_ts:
+                # The last frame before the target, the next one at or after it: the nearer one is taken.
+                return target - ts <= next_ts - target
+            below = self._below
+            if ts >= target - _EPS and (below is None or target - below.ts > ts - target):
+                return True  # at or after the target, and nearer to it than the candidate before
         trial = copy.copy(self)
         probe = Frame(None, ts, _NO_WALL)
         if trial.offer(probe) is probe or trial._ready is probe:
