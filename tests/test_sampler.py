@@ -124,12 +124,16 @@ def test_variable_rate_camera_properties(gaps: list[float], interval: float) -> 
             assert abs(ts - (timestamps[0] + k * interval)) <= interval / 4 + 1e-9
 
 
-@settings(max_examples=200, deadline=None)
-@given(
+# Any interval and rate, timestamps that may go back, a reset anywhere or nowhere: what a source can send.
+TIMELINES = given(
     gaps=st.lists(st.floats(min_value=-0.05, max_value=0.6), min_size=2, max_size=300),
     interval=st.floats(min_value=0.05, max_value=1.0),
     reset_at=st.integers(min_value=0, max_value=300),
 )
+
+
+@settings(max_examples=200, deadline=None)
+@TIMELINES
 def test_could_take_says_which_frames_will_be_returned(gaps: list[float], interval: float, reset_at: int) -> None:
     """Asked before each frame with the next frame's timestamp, the answer is exactly whether that frame is
     ever returned; when the next one settles nothing (None, a timestamp that does not follow, a reset between),
@@ -155,11 +159,7 @@ def test_could_take_says_which_frames_will_be_returned(gaps: list[float], interv
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    gaps=st.lists(st.floats(min_value=-0.05, max_value=0.6), min_size=2, max_size=300),
-    interval=st.floats(min_value=0.05, max_value=1.0),
-    reset_at=st.integers(min_value=0, max_value=300),
-)
+@TIMELINES
 def test_frames_it_passes_over_need_not_be_offered(gaps: list[float], interval: float, reset_at: int) -> None:
     """A source that does not offer the frames ``passes_over`` names gets exactly the frames, in the same calls
     relative to the frames it does offer, as one that offers every frame. Any rate, timestamps that go back,
