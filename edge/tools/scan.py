@@ -173,7 +173,6 @@ def scan(
     for frame in source.frames(stop, pipeline.sampler if on_frame is None else None):
         if result.first is None:
             result.first = frame
-        result.frames += 1 + frame.passed_over
         result.last_ts = frame.ts
         cuts = pipeline.classifier.scene_cuts
         emit(pipeline.process(frame))
@@ -182,6 +181,7 @@ def scan(
         if on_frame is not None:
             on_frame(frame, result.windows[-1] if result.windows else None, pipeline.decider.open)
     emit(pipeline.finish())
+    result.frames = pipeline.frames_in  # the chain counts every frame read, those passed over too
     if failures:
         reason = failures[0].removeprefix(f"camera {camera.id}: ")
         raise ReplayError(f"{result.video}: {reason}")
