@@ -96,6 +96,10 @@ def test_pipeline_memory_and_scaling_figures_are_sane(quick_results: dict) -> No
         assert row["anon_mb"] > 5 and row["file_mb"] > 5
         assert row["anon_mb"] + row["file_mb"] <= row["peak_rss_mb"] + 0.151
         assert 0 < row["to_running_s"] <= row["to_first_window_s"]
+        # The stack alone (bench.stack) is a floor under the daemon: our code and its pydantic config
+        # weigh more than 5 MB on top of it.
+        assert row["stack_mb"] > 20 and row["over_stack_mb"] > 5
+        assert row["over_stack_mb"] == pytest.approx(row["peak_rss_mb"] - row["stack_mb"], abs=0.11)
     # A 1280x720 frame is 225 times a 64x64 one: decoding and converting it shows above the floor.
     assert litert[2]["camera_mb"] > 3
     assert [r["cameras"] for r in tables["scaling"]["rows"]] == [1, 2]

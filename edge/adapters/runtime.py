@@ -29,7 +29,7 @@ from edge.preprocess import input_shape
 log = logging.getLogger(__name__)
 
 # (distribution name, module holding Interpreter), in order of preference.
-_RUNTIMES: tuple[tuple[str, str], ...] = (
+RUNTIMES: tuple[tuple[str, str], ...] = (
     ("ai-edge-litert", "ai_edge_litert.interpreter"),
     ("tflite-runtime", "tflite_runtime.interpreter"),
 )
@@ -51,7 +51,7 @@ class RuntimeInfo:
 
 def open_interpreter(model_path: Path, num_threads: int = 1, runtime: RuntimeName = "auto") -> tuple[Any, RuntimeInfo]:
     """Create an allocated interpreter with the preferred (or the named) runtime."""
-    candidates = [r for r in _RUNTIMES if runtime in ("auto", r[0])]
+    candidates = [r for r in RUNTIMES if runtime in ("auto", r[0])]
     for dist, module_name in candidates:
         try:
             module = importlib.import_module(module_name)
