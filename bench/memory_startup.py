@@ -42,12 +42,10 @@ def _runs(settings: Settings, stream: dict, bundle: Path, runtime: str, python: 
     return runs
 
 
-def _stack_mb(stream: dict, bundle: Path, runtime: str, python: Path, repeats: int) -> float:
+def _stack_mb(stream: dict, model: Path, runtime: str, python: Path, repeats: int) -> float:
     """Median peak RSS (MB) of ``bench.stack`` on the stream: the packages and model without the daemon."""
-    model = str(load_bundle(bundle)[1])
-    module = dict(RUNTIMES)[runtime]
-    return statistics.median(child_usage([str(python), "-m", "bench.stack", stream["path"], model, module])[1]
-                             for _ in range(repeats))
+    argv = [str(python), "-m", "bench.stack", stream["path"], str(model), dict(RUNTIMES)[runtime]]
+    return statistics.median(child_usage(argv)[1] for _ in range(repeats))
 
 
 def run(settings: Settings, labels: tuple[str, str], bundle: Path, source: str) -> Table:
@@ -62,12 +60,13 @@ def run(settings: Settings, labels: tuple[str, str], bundle: Path, source: str) 
     else:
         table.notes.append("tflite-runtime not measured: set RCLSTM_TFLITE_PYTHON to its interpreter")
     used = {size: streams(settings, *labels, "h264", size)[0] for size in SIZES}
+    model = load_bundle(bundle)[1]
     for runtime, python in runtimes:
         floor_mb = 0.0  # SIZES starts with the floor, so it is set before any camera is compared with it
         for size, stream in used.items():
             runs = _runs(settings, stream, bundle, runtime, python, repeats)
             rss = statistics.median(r.peak.rss_mb for r in runs)
-            stack = _stack_mb(stream, bundle, runtime, python, repeats)
+            stack = _stack_mb(stream, model, runtime, python, repeats)
             is_floor = size == FLOOR_SIZE
             if is_floor:
                 floor_mb = rss
